@@ -1,0 +1,1 @@
+"""Evaluation and analysis utilities (numpy only; never imports training code)."""

@@ -1,0 +1,85 @@
+"""Plain LoRA behind the guide interface: every latent site pinned, A = μ exactly."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+from torch.distributions import register_kl
+
+from monteclora_pyro.guides.monteclora import latent_sites
+from monteclora_pyro.models.model import MonteCLoRAModel, split_site_name
+
+
+class PinnedDelta(dist.Delta):
+    """A point mass whose KL to q is ``log_density - log q(value)``.
+
+    Pyro's KL for ``Delta`` ignores ``log_density``; this one keeps it, so that a point mass
+    carrying the model's log density contributes exactly zero to the ELBO.
+    """
+
+
+@register_kl(PinnedDelta, dist.Distribution)
+def _kl_pinned_delta(p: PinnedDelta, q: dist.Distribution) -> torch.Tensor:
+    return p.log_density - q.log_prob(p.v)
+
+
+def _pinned_value(site: dict) -> torch.Tensor:
+    kind = split_site_name(site["name"])[1]
+    fn = site["fn"]
+    if kind == "noise":
+        return torch.zeros_like(site["value"])
+    if kind == "weights":
+        return torch.full_like(site["value"], 1.0 / site["value"].shape[-1])
+    return fn.mean
+
+
+class LoRAGuide(nn.Module):
+    """Deterministic LoRA as a guide: no noise and no KL terms.
+
+    Each latent site is a point mass: the noise at zero (so A = μ), the weights uniform, the
+    covariance and concentration at their prior means. Each point mass carries the model's
+    log density at its value, so the latent sites add exactly nothing to the ELBO, and with
+    uniform weights the cooperative penalty is zero: the loss is the scaled negative
+    log-likelihood of plain LoRA. Learnable parameters are the model's alone.
+
+    Parameters
+    ----------
+    model : MonteCLoRAModel
+        The model to pair with; call the guide with the model's arguments.
+    """
+
+    def __init__(self, model: MonteCLoRAModel):
+        super().__init__()
+        self._model = (model,)
+        sites = dict(latent_sites(model))
+        pinned = {name: _pinned_value(site) for name, site in sites.items()}
+        with torch.no_grad(), poutine.block():
+            trace = poutine.trace(poutine.condition(model.sample_latents, data=pinned)).get_trace()
+        self._sites: list[tuple[str, int]] = []
+        for name, site in sites.items():
+            key = name.replace(".", "__")
+            log_density = trace.nodes[name]["fn"].log_prob(pinned[name])
+            self.register_buffer(f"{key}__value", pinned[name], persistent=False)
+            self.register_buffer(f"{key}__log_density", log_density, persistent=False)
+            self._sites.append((name, site["fn"].event_dim))
+
+    @property
+    def model(self) -> MonteCLoRAModel:
+        return self._model[0]
+
+    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Pin every latent site; takes (and ignores) the model's arguments."""
+        samples = {}
+        with poutine.scale(scale=self.model.latent_scale):
+            for name, event_dim in self._sites:
+                key = name.replace(".", "__")
+                point = PinnedDelta(
+                    getattr(self, f"{key}__value"),
+                    log_density=getattr(self, f"{key}__log_density"),
+                    event_dim=event_dim,
+                )
+                samples[name] = pyro.sample(name, point)
+        return samples

@@ -1,0 +1,142 @@
+"""Saving and loading adapters: safetensors for tensors, JSON for configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from monteclora_pyro.config import MonteCLoRAConfig
+from monteclora_pyro.guides import LoRAGuide, MonteCLoRAGuide
+from monteclora_pyro.models import MonteCLoRAModel
+
+ADAPTER_FILE = "adapter_model.safetensors"
+GUIDE_FILE = "guide_params.safetensors"
+META_FILE = "adapter_meta.json"
+GUIDES = {"MonteCLoRAGuide": MonteCLoRAGuide, "LoRAGuide": LoRAGuide}
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` and move the result over ``path`` only once it is complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_tensors(path: Path, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Write named tensors to a safetensors file atomically."""
+    tensors = {name: t.detach().cpu().contiguous() for name, t in named}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, with a clear error when it is missing or corrupt."""
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file (corrupt?): {err}") from err
+
+
+def load_into(named: Iterable[tuple[str, nn.Parameter]], tensors: dict, source: Path) -> None:
+    """Copy ``tensors`` into the named parameters, checking names and shapes first."""
+    named = dict(named)
+    missing = sorted(set(named) - set(tensors))
+    unexpected = sorted(set(tensors) - set(named))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source} does not match the model: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{'...' if len(unexpected) > 5 else ''}"
+        )
+    for name, param in named.items():
+        if tensors[name].shape != param.shape:
+            raise ValueError(
+                f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
+                f"the model expects {tuple(param.shape)}"
+            )
+    with torch.no_grad():
+        for name, param in named.items():
+            param.copy_(tensors[name])
+
+
+def save_adapter(
+    directory: str | Path, model: MonteCLoRAModel, guide: nn.Module | None = None
+) -> Path:
+    """Save the adapter, head and variational parameters, the config and metadata.
+
+    Writes ``monteclora_config.json``, ``adapter_meta.json``, ``adapter_model.safetensors``
+    and, for a :class:`MonteCLoRAGuide`, ``guide_params.safetensors``. Every file is written
+    atomically.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save(directory)
+    save_tensors(directory / ADAPTER_FILE, model.trainable_parameters())
+    if isinstance(guide, MonteCLoRAGuide):
+        save_tensors(directory / GUIDE_FILE, guide.named_variational_parameters())
+    meta = {
+        "num_data": model.num_data,
+        "num_labels": model.num_labels,
+        "guide": None if guide is None else type(guide).__name__,
+        "target_paths": list(model.adapters),
+        "modules_to_save": model.head_names,
+    }
+    text = json.dumps(meta, indent=2) + "\n"
+    atomic_write(directory / META_FILE, lambda tmp: tmp.write_text(text))
+    return directory
+
+
+def load_adapter(
+    directory: str | Path, hf_model: nn.Module
+) -> tuple[MonteCLoRAModel, nn.Module | None]:
+    """Rebuild the model (and its guide, if one was saved) around a fresh ``hf_model``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no adapter directory at {directory}")
+    config = MonteCLoRAConfig.load(directory)
+    meta_path = directory / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"missing file {meta_path}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta_path} is not valid JSON: {err}") from err
+    model = MonteCLoRAModel(hf_model, config, num_data=meta["num_data"])
+    if list(model.adapters) != meta["target_paths"]:
+        raise ValueError(
+            f"{directory} adapts {meta['target_paths']}, but this model resolves the targets to "
+            f"{list(model.adapters)}: is it the same architecture?"
+        )
+    load_into(
+        model.trainable_parameters(),
+        read_tensors(directory / ADAPTER_FILE),
+        directory / ADAPTER_FILE,
+    )
+    guide_name = meta.get("guide")
+    if guide_name is None:
+        return model, None
+    if guide_name not in GUIDES:
+        raise ValueError(f"{meta_path}: unknown guide {guide_name!r}; known: {sorted(GUIDES)}")
+    guide = GUIDES[guide_name](model)
+    if isinstance(guide, MonteCLoRAGuide):
+        load_into(
+            guide.named_variational_parameters(),
+            read_tensors(directory / GUIDE_FILE),
+            directory / GUIDE_FILE,
+        )
+    return model, guide

@@ -1,0 +1,77 @@
+"""MonteCLoRAConfig: defaults, validation and JSON round trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from monteclora_pyro import MonteCLoRAConfig
+
+
+def test_defaults_follow_design_table():
+    cfg = MonteCLoRAConfig()
+    assert (cfg.r, cfg.lora_alpha, cfg.lora_dropout, cfg.num_components) == (8, 16.0, 0.0, 4)
+    assert (cfg.sample_scaler, cfg.kl_loss_weight, cfg.cooperative_weight) == (1e-4, 1e-5, 1.0)
+    assert (cfg.covariance, cfg.concentration_prior, cfg.noise_prior, cfg.mixture) == (
+        "full",
+        "gamma",
+        "standard",
+        "dense",
+    )
+    assert (cfg.wishart_df, cfg.prior_df, cfg.wishart_scale) == (None, 8.0, 1.0)
+    assert (cfg.concentration_shape, cfg.concentration_rate, cfg.concentration) == (2.0, 2.0, 1.0)
+    assert cfg.scaling == 2.0
+
+
+def test_json_round_trip_is_byte_identical(tmp_path):
+    cfg = MonteCLoRAConfig(
+        r=4, covariance="diagonal", target_modules=["query"], kl_loss_weight=None, wishart_df=6.5
+    )
+    first = cfg.save(tmp_path)
+    loaded = MonteCLoRAConfig.load(tmp_path)
+    assert loaded == cfg
+    second = loaded.save(tmp_path / "again.json")
+    assert first.read_bytes() == second.read_bytes()
+    assert json.loads(first.read_text())["wishart_df"] == 6.5
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("r", 0, "positive integer"),
+        ("r", -3, "positive integer"),
+        ("r", 2.5, "positive integer"),
+        ("num_components", 0, ">= 1"),
+        ("sample_scaler", 0.0, "> 0"),
+        ("sample_scaler", -1e-4, "> 0"),
+        ("kl_loss_weight", -1.0, "> 0"),
+        ("cooperative_weight", -0.5, ">= 0"),
+        ("lora_dropout", 1.0, "[0, 1)"),
+        ("wishart_df", 2.0, "> r - 1"),
+        ("wishart_scale", float("nan"), "finite"),
+        ("covariance", "banded", "'full', 'diagonal'"),
+        ("concentration_prior", "beta", "'gamma', 'fixed'"),
+        ("noise_prior", "student", "'standard', 'hierarchical'"),
+        ("mixture", "top2", "'dense', 'sparse'"),
+        ("target_modules", [], "non-empty list"),
+        ("modules_to_save", "classifier", "non-empty list"),
+    ],
+)
+def test_invalid_values_name_field_value_and_allowed(field, value, fragment):
+    with pytest.raises(ValueError) as err:
+        MonteCLoRAConfig(**{field: value})
+    message = str(err.value)
+    assert f"MonteCLoRAConfig.{field}={value!r}" in message
+    assert fragment in message
+
+
+def test_unknown_and_malformed_files(tmp_path):
+    with pytest.raises(ValueError, match="unknown MonteCLoRAConfig fields \\['rank'\\]"):
+        MonteCLoRAConfig.from_dict({"rank": 8})
+    with pytest.raises(FileNotFoundError, match="no MonteCLoRA config"):
+        MonteCLoRAConfig.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json is not valid JSON"):
+        MonteCLoRAConfig.load(bad)
