@@ -17,7 +17,13 @@ from transformers import (
 VOCAB = 64
 
 
-def tiny_hf_model(arch: str = "bert", num_labels: int = 2, seed: int = 0, hidden: int = 32):
+def tiny_hf_model(
+    arch: str = "bert",
+    num_labels: int = 2,
+    seed: int = 0,
+    hidden: int = 32,
+    initializer_range: float = 0.02,
+):
     """A two-layer classifier of the given architecture, in eval mode, seeded."""
     torch.manual_seed(seed)
     common = {
@@ -27,6 +33,7 @@ def tiny_hf_model(arch: str = "bert", num_labels: int = 2, seed: int = 0, hidden
         "num_attention_heads": 4,
         "intermediate_size": 2 * hidden,
         "num_labels": num_labels,
+        "initializer_range": initializer_range,
     }
     if arch == "bert":
         model = BertForSequenceClassification(BertConfig(**common))
@@ -57,3 +64,48 @@ def _fresh_pyro():
     pyro.enable_validation(True)
     yield
     pyro.clear_param_store()
+
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "happy"]
+NEGATIVE = ["bad", "awful", "poor", "dreadful", "sad", "boring"]
+NEUTRAL = ["the", "film", "was", "a", "plot", "and", "very", "movie", "it", "is"]
+
+
+def write_toy_sst2(root, n_train: int = 64, n_dev: int = 32, seed: int = 0):
+    """A separable SST-2-layout data set: sentiment words decide the label."""
+    import random
+
+    rng = random.Random(seed)
+    folder = root / "SST-2"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.tsv", n_train), ("dev.tsv", n_dev)):
+        lines = ["sentence\tlabel"]
+        for i in range(n):
+            label = i % 2
+            words = rng.sample(NEUTRAL, 4) + rng.sample(POSITIVE if label else NEGATIVE, 2)
+            rng.shuffle(words)
+            lines.append(f"{' '.join(words)}\t{label}")
+        (folder / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_tiny_backbone(directory, hidden: int = 32, seed: int = 0):
+    """Save a tiny BERT classifier and a word-level tokenizer as a Hugging Face directory."""
+    from transformers import BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *NEUTRAL]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast.from_pretrained(directory)
+    # A wide initialisation makes the random backbone's features separate the toy classes.
+    model = tiny_hf_model("bert", seed=seed, hidden=hidden, initializer_range=0.2)
+    model.config.vocab_size = VOCAB
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def toy_assets(tmp_path):
+    """(model directory, data directory) for end-to-end training on a tiny model."""
+    return write_tiny_backbone(tmp_path / "tiny-bert"), write_toy_sst2(tmp_path / "glue")

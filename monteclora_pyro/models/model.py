@@ -148,6 +148,15 @@ class MonteCLoRAModel(PyroModule):
             weights[path] = pi
         return deltas, weights
 
+    def perturbations(self, samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """δ per layer from a dictionary of latent-site values (e.g. what a guide returns)."""
+        return {
+            path: perturbation(
+                samples[site_name(path, "weights")], samples[site_name(path, "noise")], self.config
+            )
+            for path in self.adapters
+        }
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,

@@ -1,0 +1,287 @@
+"""The ``monteclora`` command: train, evaluate and demo."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from monteclora_pyro.config import MonteCLoRAConfig
+from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS, TASKS
+from monteclora_pyro.evaluation import MODES
+from monteclora_pyro.training import (
+    METHODS,
+    OPTIMIZERS,
+    TrainConfig,
+    TrainingError,
+    evaluate_run,
+    train,
+)
+
+TABLE_METRICS = ("accuracy", "nll", "ece", "brier")
+_MODEL_FLAGS = {f.name for f in dataclasses.fields(MonteCLoRAConfig)}
+
+
+def _train_options(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    add = parser.add_argument
+    add(
+        "--model",
+        default=d.model,
+        help="'minilm' (bundled MiniLM-L6), a local Hugging Face directory or a hub id "
+        "(default: %(default)s)",
+    )
+    add(
+        "--task",
+        default=d.task,
+        choices=sorted(TASKS),
+        metavar="TASK",
+        help=f"task name, one of {', '.join(sorted(TASKS))} (default: %(default)s)",
+    )
+    add(
+        "--data-dir",
+        default=None,
+        help="local GLUE/SuperGLUE directory (default: $MONTECLORA_DATA, else the hub)",
+    )
+    add(
+        "--method",
+        default=d.method,
+        choices=sorted(METHODS),
+        help="monteclora (MonteCLoRAGuide) or lora (LoRAGuide) (default: %(default)s)",
+    )
+    add(
+        "--epochs",
+        type=int,
+        default=d.epochs,
+        help="passes over the training set (default: %(default)s)",
+    )
+    add("--max-steps", type=int, default=None, help="total steps; overrides --epochs")
+    add("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    add("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    add("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
+    add("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="(default: %(default)s)")
+    add(
+        "--warmup-ratio",
+        type=float,
+        default=d.warmup_ratio,
+        help="fraction of steps of linear warm-up (default: %(default)s)",
+    )
+    add(
+        "--max-grad-norm",
+        type=float,
+        default=d.max_grad_norm,
+        help="gradient clipping norm (default: %(default)s)",
+    )
+    add(
+        "--max-length",
+        type=int,
+        default=d.max_length,
+        help="maximum tokens per example (default: %(default)s)",
+    )
+    add("--max-train-examples", type=int, default=None, help="use the first N training examples")
+    add("--max-eval-examples", type=int, default=None, help="use the first N evaluation examples")
+    add("--eval-split", default=d.eval_split, help="split to evaluate (default: %(default)s)")
+    add(
+        "--num-samples",
+        type=int,
+        default=d.num_samples,
+        help="posterior draws S for the posterior predictive (default: %(default)s)",
+    )
+    add("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    add(
+        "--checkpoint-every",
+        type=int,
+        default=d.checkpoint_every,
+        help="steps between checkpoints (default: %(default)s)",
+    )
+    add("--output-dir", default=None, help="run directory (default: runs/TASK-METHOD-sSEED)")
+    add("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    group = parser.add_argument_group("MonteCLoRA model (see DESIGN.md §6)")
+    m = MonteCLoRAConfig()
+    for field in dataclasses.fields(MonteCLoRAConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(m, field.name)
+        if field.name in ("target_modules", "modules_to_save"):
+            group.add_argument(
+                flag,
+                default=None,
+                type=_names,
+                help="comma-separated module names (default: the architecture's)",
+            )
+        elif field.name == "kl_loss_weight":
+            group.add_argument(
+                flag,
+                default=default,
+                type=_optional_float,
+                help="η; 'none' for the plain ELBO (default: %(default)s)",
+            )
+        elif field.name == "wishart_df":
+            group.add_argument(
+                flag,
+                default=default,
+                type=_optional_float,
+                help="ν0; 'none' means r (default: %(default)s)",
+            )
+        else:
+            group.add_argument(
+                flag, default=default, type=type(default), help="(default: %(default)s)"
+            )
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.lower() == "none" else float(text)
+
+
+def _configs(args: argparse.Namespace) -> tuple[TrainConfig, MonteCLoRAConfig]:
+    values = vars(args)
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    train_kwargs = {k: v for k, v in values.items() if k in train_fields and v is not None}
+    train_kwargs.setdefault("output_dir", f"runs/{args.task}-{args.method}-s{args.seed}")
+    model_kwargs = {k: v for k, v in values.items() if k in _MODEL_FLAGS}
+    return TrainConfig(**train_kwargs), MonteCLoRAConfig(**model_kwargs)
+
+
+def _format_table(rows: dict[str, dict]) -> str:
+    header = f"{'run':<14}{'mode':<22}" + "".join(f"{m:>10}" for m in TABLE_METRICS)
+    lines = [header, "-" * len(header)]
+    for name, metrics in rows.items():
+        for mode in MODES:
+            values = "".join(f"{metrics[mode][m]:>10.4f}" for m in TABLE_METRICS)
+            lines.append(f"{name:<14}{mode:<22}{values}")
+    return "\n".join(lines)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    train_cfg, model_cfg = _configs(args)
+    metrics = train(train_cfg, model_cfg, resume=args.resume, progress=not args.quiet)
+    print(_format_table({train_cfg.method: metrics}))
+    print(f"run directory: {train_cfg.output_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    metrics = evaluate_run(
+        args.run_dir,
+        args.task,
+        args.split,
+        data_dir=args.data_dir,
+        num_samples=args.num_samples,
+        max_examples=args.max_eval_examples,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    print(_format_table({f"{metrics['task']}/{metrics['split']}": metrics}))
+    out = Path(args.run_dir) / "evaluations" / f"{metrics['task']}-{metrics['split']}"
+    print(f"written to {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    results, shifted, dirs = {}, {}, {}
+    for method in ("monteclora", "lora"):
+        out = Path(args.output_dir) / method
+        cfg = TrainConfig(
+            task=DEFAULT_TASK,
+            method=method,
+            epochs=args.epochs,
+            max_train_examples=args.max_train_examples,
+            max_eval_examples=args.max_eval_examples,
+            max_length=args.max_length,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            output_dir=str(out),
+            lr=args.lr,
+        )
+        results[method] = train(cfg, MonteCLoRAConfig(), resume=True, progress=not args.quiet)
+        dirs[method] = out
+        shifted[method] = {
+            domain: evaluate_run(
+                out,
+                domain,
+                "test",
+                num_samples=args.num_samples,
+                max_examples=args.max_eval_examples,
+                progress=not args.quiet,
+            )
+            for domain in SHIFT_DOMAINS
+        }
+    print(
+        f"\nMovie reviews ({DEFAULT_TASK}), MiniLM-L6, "
+        f"{args.max_train_examples} training examples, {args.epochs} epoch(s):\n"
+    )
+    print(_format_table(results))
+    print("\nShifted-domain accuracy (posterior mean / posterior predictive):\n")
+    print(f"{'run':<14}" + "".join(f"{d:>20}" for d in SHIFT_DOMAINS))
+    for method, domains in shifted.items():
+        cells = "".join(
+            f"{m['posterior_mean']['accuracy']:>11.4f} /{m['posterior_predictive']['accuracy']:.4f}"
+            for m in domains.values()
+        )
+        print(f"{method:<14}{cells}")
+    print("\nRun directories:")
+    for method, path in dirs.items():
+        print(f"  {method}: {path}")
+    print(f"\nwall time {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="monteclora",
+        description="MonteCLoRA: Bayesian low-rank adaptation of language models with Pyro.",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune a model with MonteCLoRA or LoRA")
+    _train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a finished run, on any task or split")
+    p.add_argument("run_dir", help="a run directory written by `monteclora train`")
+    p.add_argument("--task", default=None, help="task to evaluate on (default: the run's)")
+    p.add_argument("--split", default=None, help="split (default: the run's evaluation split)")
+    p.add_argument("--data-dir", default=None, help="local data directory")
+    p.add_argument(
+        "--num-samples", type=int, default=None, help="posterior draws (default: the run's)"
+    )
+    p.add_argument("--max-eval-examples", type=int, default=None, help="use the first N examples")
+    p.add_argument("--batch-size", type=int, default=None, help="(default: the run's)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="MonteCLoRA against LoRA on movie reviews with MiniLM")
+    p.add_argument("--output-dir", default="runs/demo", help="(default: %(default)s)")
+    p.add_argument("--max-train-examples", type=int, default=2000, help="(default: %(default)s)")
+    p.add_argument("--max-eval-examples", type=int, default=500, help="(default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=1, help="(default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--num-samples", type=int, default=8, help="(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, TrainingError) as err:
+        logging.getLogger("monteclora").error("%s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

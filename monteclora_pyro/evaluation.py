@@ -1,0 +1,128 @@
+"""Prediction in the two modes of DESIGN.md §5, and the metrics of a prediction set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from monteclora_pyro.analysis.metrics import classification_report
+from monteclora_pyro.guides import MonteCLoRAGuide
+from monteclora_pyro.io import atomic_write
+from monteclora_pyro.models import MonteCLoRAModel
+
+MODES = ("posterior_mean", "posterior_predictive")
+REPORT_METRICS = ("mcc", "f1")
+
+
+@dataclass
+class Predictions:
+    """Class probabilities on an evaluation set.
+
+    Attributes
+    ----------
+    labels : np.ndarray
+        True labels, shape (n,).
+    mean_probs : np.ndarray
+        Posterior-mean (A = μ) probabilities, shape (n, C).
+    draw_probs : np.ndarray
+        Per-draw probabilities of S posterior draws, shape (S, n, C); their average is the
+        posterior predictive. A LoRA guide has one draw, equal to the posterior mean.
+    """
+
+    labels: np.ndarray
+    mean_probs: np.ndarray
+    draw_probs: np.ndarray
+
+    @property
+    def predictive_probs(self) -> np.ndarray:
+        """Bayesian model average of the draws, shape (n, C)."""
+        return self.draw_probs.mean(0)
+
+    def save(self, path: str | Path) -> None:
+        """Write ``labels``, ``mean_probs`` and ``draw_probs`` to an ``.npz`` file."""
+        arrays = {
+            "labels": self.labels,
+            "mean_probs": self.mean_probs,
+            "draw_probs": self.draw_probs,
+        }
+
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as handle:
+                np.savez(handle, **arrays)
+
+        atomic_write(Path(path), write)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Predictions:
+        """Read a file written by :meth:`save`."""
+        with np.load(path) as data:
+            return cls(data["labels"], data["mean_probs"], data["draw_probs"])
+
+
+@torch.no_grad()
+def predict(
+    model: MonteCLoRAModel,
+    guide: nn.Module,
+    loader: DataLoader,
+    num_samples: int = 16,
+    seed: int = 0,
+    progress: bool = False,
+) -> Predictions:
+    """Posterior-mean and posterior-predictive class probabilities over ``loader``.
+
+    The S posterior draws are taken once, from their own seeded random stream, and each is
+    applied to the whole evaluation set, so draw s is one set of adapter weights.
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} is invalid: it must be >= 1")
+    was_training = model.hf_model.training
+    model.hf_model.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if isinstance(guide, MonteCLoRAGuide):
+            deltas = [model.perturbations(guide()) for _ in range(num_samples)]
+        else:
+            deltas = []
+    labels, mean_probs, draw_probs = [], [], []
+    try:
+        for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
+            batch = dict(batch)
+            labels.append(batch.pop("labels"))
+            mean = model.logits(**batch).softmax(-1)
+            mean_probs.append(mean)
+            if deltas:
+                draw_probs.append(
+                    torch.stack([model.logits(**batch, deltas=d).softmax(-1) for d in deltas])
+                )
+            else:
+                draw_probs.append(mean.unsqueeze(0))
+    finally:
+        model.hf_model.train(was_training)
+    return Predictions(
+        labels=torch.cat(labels).numpy(),
+        mean_probs=torch.cat(mean_probs).double().numpy(),
+        draw_probs=torch.cat(draw_probs, dim=1).double().numpy(),
+    )
+
+
+def prediction_metrics(predictions: Predictions, extra: tuple[str, ...] = ()) -> dict:
+    """Accuracy, NLL, ECE (15 equal-width bins), Brier and ``extra`` for both modes."""
+    extra = tuple(m for m in extra if m in REPORT_METRICS)
+    probs = {
+        "posterior_mean": predictions.mean_probs,
+        "posterior_predictive": predictions.predictive_probs,
+    }
+    return {
+        mode: classification_report(_normalise(p), predictions.labels, extra=extra)
+        for mode, p in probs.items()
+    }
+
+
+def _normalise(probs: np.ndarray) -> np.ndarray:
+    return probs / probs.sum(-1, keepdims=True)

@@ -1,0 +1,553 @@
+"""Fine-tuning with the MonteCLoRA (or LoRA) objective: loop, checkpoints and run directories."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.optim.clipped_adam import ClippedAdam
+from torch import nn
+from tqdm.auto import tqdm
+
+from monteclora_pyro.backbones import DEFAULT_MODEL, load_backbone
+from monteclora_pyro.config import MonteCLoRAConfig
+from monteclora_pyro.data import (
+    DEFAULT_TASK,
+    get_task_spec,
+    load_task,
+    make_collator,
+    make_loader,
+    take_first,
+    tokenize_task,
+)
+from monteclora_pyro.evaluation import Predictions, predict, prediction_metrics
+from monteclora_pyro.guides import LoRAGuide, MonteCLoRAGuide
+from monteclora_pyro.infer import elbo_terms
+from monteclora_pyro.io import atomic_write, load_adapter, save_adapter
+from monteclora_pyro.models import MonteCLoRAModel
+from monteclora_pyro.models.layer import default_modules_to_save
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "config.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.jsonl"
+PREDICTIONS_FILE = "predictions.npz"
+CHECKPOINT_FILE = "checkpoint.pt"
+METHODS = {"monteclora": MonteCLoRAGuide, "lora": LoRAGuide}
+OPTIMIZERS = ("adamw", "clipped_adam")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a fine-tuning run other than the MonteCLoRA model itself.
+
+    Parameters
+    ----------
+    model : str
+        ``"minilm"`` (bundled MiniLM-L6), a local Hugging Face directory or a hub id.
+    task : str
+        A task of :data:`monteclora_pyro.data.TASKS`.
+    data_dir : str or None
+        Local data directory (else ``$MONTECLORA_DATA``, else the hub).
+    method : {"monteclora", "lora"}
+        The guide: MonteCLoRAGuide or LoRAGuide, on the same loop.
+    epochs : int
+        Passes over the training set, unless ``max_steps`` is set.
+    max_steps : int or None
+        Total optimisation steps; overrides ``epochs``.
+    batch_size : int
+        Training and evaluation batch size.
+    lr : float
+        Peak learning rate (linear warm-up, then linear decay to zero).
+    weight_decay : float
+        Decoupled weight decay (AdamW) or L2 (ClippedAdam).
+    optimizer : {"adamw", "clipped_adam"}
+        ``torch.optim.AdamW`` or Pyro's ``ClippedAdam``.
+    warmup_ratio : float
+        Fraction of the steps spent warming up.
+    max_grad_norm : float
+        Gradient clipping threshold (global norm).
+    max_length : int
+        Maximum tokens per example.
+    max_train_examples, max_eval_examples : int or None
+        Keep only the first N examples of the training and evaluation splits.
+    eval_split : str
+        Split evaluated at every epoch end and at the end.
+    num_samples : int
+        Posterior draws S for the posterior predictive.
+    seed : int
+        Seeds initialisation, data order, noise and evaluation draws.
+    checkpoint_every : int
+        Steps between checkpoints (one is also written at every epoch end).
+    output_dir : str
+        The run directory.
+    """
+
+    model: str = DEFAULT_MODEL
+    task: str = DEFAULT_TASK
+    data_dir: str | None = None
+    method: str = "monteclora"
+    epochs: int = 3
+    max_steps: int | None = None
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    eval_split: str = "validation"
+    num_samples: int = 16
+    seed: int = 0
+    checkpoint_every: int = 200
+    output_dir: str = "runs/monteclora"
+
+    def __post_init__(self) -> None:
+        def fail(name: str, allowed: str) -> None:
+            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {allowed}")
+
+        for name in ("epochs", "batch_size", "max_length", "num_samples", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail(name, "it must be an integer >= 1")
+        for name in ("max_steps", "max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                fail(name, "it must be an integer >= 1, or None")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            fail("seed", "it must be an integer >= 0")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            fail("lr", "it must be a finite number > 0")
+        if not self.weight_decay >= 0:
+            fail("weight_decay", "it must be >= 0")
+        if not 0 <= self.warmup_ratio < 1:
+            fail("warmup_ratio", "it must lie in [0, 1)")
+        if not self.max_grad_norm > 0:
+            fail("max_grad_norm", "it must be > 0")
+        if self.method not in METHODS:
+            fail("method", f"allowed values are {', '.join(map(repr, METHODS))}")
+        if self.optimizer not in OPTIMIZERS:
+            fail("optimizer", f"allowed values are {', '.join(map(repr, OPTIMIZERS))}")
+        get_task_spec(self.task)
+
+
+def save_run_config(run_dir: Path, train_cfg: TrainConfig, model_cfg: MonteCLoRAConfig) -> None:
+    """Write ``config.json``: the training and the MonteCLoRA configuration."""
+    text = (
+        json.dumps(
+            {"train": dataclasses.asdict(train_cfg), "monteclora": model_cfg.to_dict()},
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
+    atomic_write(run_dir / RUN_CONFIG, lambda tmp: tmp.write_text(text))
+
+
+def load_run_config(run_dir: str | Path) -> tuple[TrainConfig, MonteCLoRAConfig]:
+    """Read ``config.json`` of a run directory."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory")
+    try:
+        data = json.loads(path.read_text())
+        return TrainConfig(**data["train"]), MonteCLoRAConfig.from_dict(data["monteclora"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a valid run configuration: {err}") from err
+
+
+def _differences(saved: dict, current: dict) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [
+        f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
+
+
+class Trainer:
+    """One fine-tuning run: data, model, guide, optimiser, checkpoints and evaluation."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model_config: MonteCLoRAConfig | None = None,
+        *,
+        progress: bool = True,
+    ):
+        self.cfg = config
+        self.progress = progress
+        self.run_dir = Path(config.output_dir)
+        pyro.set_rng_seed(config.seed)
+        task = load_task(config.task, config.data_dir)
+        self.spec = task.spec
+        if config.eval_split not in task.splits:
+            raise ValueError(
+                f"task {self.spec.name} has no split {config.eval_split!r}; "
+                f"it has {sorted(task.splits)}"
+            )
+        if "train" not in task.splits:
+            raise ValueError(
+                f"task {self.spec.name} has no training split; it can only be used for evaluation"
+            )
+        hf_model, self.tokenizer, new_modules = load_backbone(
+            config.model, self.spec.num_labels, self.spec.label_names
+        )
+        model_config = MonteCLoRAConfig() if model_config is None else model_config
+        if model_config.modules_to_save is None:
+            heads = default_modules_to_save(hf_model)
+            extra = [
+                m for m in new_modules if not any(m == h or m.startswith(h + ".") for h in heads)
+            ]
+            if extra:
+                logger.warning("training newly initialised modules %s as well", extra)
+            model_config = dataclasses.replace(model_config, modules_to_save=heads + extra)
+        self.model_cfg = model_config
+        tokenized = tokenize_task(task, self.tokenizer, config.max_length)
+        self.collator = make_collator(self.tokenizer)
+        self.train_set = _first(tokenized["train"], config.max_train_examples)
+        self.eval_set = _first(tokenized[config.eval_split], config.max_eval_examples)
+        self.model = MonteCLoRAModel(hf_model, model_config, num_data=len(self.train_set))
+        self.guide = METHODS[config.method](self.model)
+        self.params = [p for _, p in self.model.trainable_parameters()]
+        self.params += list(self.guide.parameters())
+        self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
+        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.optimizer = self._optimizer()
+        warmup = int(config.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: _linear_schedule(s, warmup, self.total_steps)
+        )
+        self.step = 0
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return ClippedAdam(
+            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, clip_norm=cfg.max_grad_norm
+        )
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_FILE
+
+    def prepare_run_dir(self, resume: bool) -> None:
+        """Create the run directory, or restore its checkpoint when resuming."""
+        if resume and self.checkpoint_path.is_file():
+            self.load_checkpoint()
+            return
+        if resume:
+            logger.warning("no checkpoint in %s: starting from scratch", self.run_dir)
+        elif (self.run_dir / RUN_CONFIG).exists():
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it or choose "
+                "another --output-dir (nothing was overwritten)"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / HISTORY_FILE).write_text("")
+        save_run_config(self.run_dir, self.cfg, self.model_cfg)
+
+    def save_checkpoint(self) -> None:
+        """Atomically write the full training state."""
+        state = {
+            "step": self.step,
+            "train_config": dataclasses.asdict(self.cfg),
+            "model_config": self.model_cfg.to_dict(),
+            "model": {n: p.detach().clone() for n, p in self.model.trainable_parameters()},
+            "guide": self.guide.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+        }
+        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+
+    def load_checkpoint(self) -> None:
+        """Restore the state written by :meth:`save_checkpoint`, refusing a mismatched one."""
+        path = self.checkpoint_path
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(
+                f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {err}); it "
+                "was left untouched: move it away to start afresh"
+            ) from err
+        try:
+            current = {**dataclasses.asdict(self.cfg), **self.model_cfg.to_dict()}
+            saved = {**state["train_config"], **state["model_config"]}
+            saved["output_dir"] = current["output_dir"]
+            diffs = _differences(saved, current)
+            if diffs:
+                raise ValueError(
+                    f"checkpoint {path} was written with another configuration "
+                    f"({'; '.join(diffs)}); resume with the same options, or choose another "
+                    "--output-dir"
+                )
+            named = dict(self.model.trainable_parameters())
+            if set(named) != set(state["model"]) or any(
+                named[k].shape != v.shape for k, v in state["model"].items()
+            ):
+                raise ValueError(f"checkpoint {path} does not match the model's parameters")
+            with torch.no_grad():
+                for name, value in state["model"].items():
+                    named[name].copy_(value)
+            self.guide.load_state_dict(state["guide"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+            self.step = int(state["step"])
+        except (KeyError, RuntimeError) as err:
+            raise ValueError(f"checkpoint {path} is incomplete or mismatched: {err}") from err
+        self._truncate_history()
+        logger.info("resumed %s at step %d", self.run_dir, self.step)
+
+    def _truncate_history(self) -> None:
+        path = self.run_dir / HISTORY_FILE
+        lines = path.read_text().splitlines() if path.is_file() else []
+        kept = [line for line in lines if line and json.loads(line)["step"] <= self.step]
+        atomic_write(path, lambda tmp: tmp.write_text("".join(f"{k}\n" for k in kept)))
+
+    def _log(self, record: dict) -> None:
+        with (self.run_dir / HISTORY_FILE).open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _batches(self):
+        """Yield (step, epoch, batch) from ``self.step`` on; epoch e is shuffled by seed + e."""
+        while self.step < self.total_steps:
+            epoch, offset = divmod(self.step, self.steps_per_epoch)
+            loader = make_loader(
+                self.train_set,
+                self.collator,
+                self.cfg.batch_size,
+                shuffle=True,
+                seed=self.cfg.seed + epoch,
+            )
+            for batch in itertools.islice(loader, offset, None):
+                if self.step >= self.total_steps:
+                    return
+                yield epoch, batch
+
+    def train(self, resume: bool = False) -> dict:
+        """Run (or resume) the loop, then evaluate and write the final artefacts."""
+        self.prepare_run_dir(resume)
+        n = len(self.train_set)
+        self.model.hf_model.train()
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=self.cfg.method,
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        for epoch, batch in self._batches():
+            try:
+                loss, terms = elbo_terms(self.model, self.guide, **batch)
+                (loss / n).backward()
+                torch.nn.utils.clip_grad_norm_(
+                    self.params, self.cfg.max_grad_norm, error_if_nonfinite=True
+                )
+            except (FloatingPointError, RuntimeError) as err:
+                if not isinstance(err, FloatingPointError) and "non-finite" not in str(err):
+                    raise
+                kept = (
+                    f"the last good checkpoint is {self.checkpoint_path}"
+                    if self.checkpoint_path.is_file()
+                    else "no checkpoint was written yet"
+                )
+                raise TrainingError(
+                    f"non-finite loss or gradient at step {self.step + 1} (epoch {epoch}): "
+                    f"{err}; {kept}"
+                ) from err
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            lr = self.scheduler.get_last_lr()[0]
+            self.scheduler.step()
+            self.step += 1
+            record = {
+                "kind": "train",
+                "step": self.step,
+                "epoch": epoch,
+                "lr": lr,
+                "loss": loss.item() / n,
+            }
+            record.update({k: v.item() / n for k, v in terms.items()})
+            self._log(record)
+            bar.update(1)
+            bar.set_postfix(
+                {k: f"{v:.4g}" for k, v in record.items() if k not in ("kind", "step", "epoch")},
+                refresh=False,
+            )
+            if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
+                metrics = self.evaluate(epoch)
+                self.model.hf_model.train()
+                self._log({"kind": "eval", "step": self.step, "epoch": epoch, **metrics})
+                self.save_checkpoint()
+            elif self.step % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        return self.finish()
+
+    def evaluate(self, epoch: int | None = None) -> dict:
+        """Metrics of both prediction modes on the evaluation split."""
+        self.predictions = self._predict()
+        metrics = prediction_metrics(self.predictions, self.spec.metrics)
+        mean, pred = metrics["posterior_mean"], metrics["posterior_predictive"]
+        logger.info(
+            "epoch %s: accuracy %.4f (mean) %.4f (predictive), nll %.4f / %.4f",
+            epoch,
+            mean["accuracy"],
+            pred["accuracy"],
+            mean["nll"],
+            pred["nll"],
+        )
+        return metrics
+
+    def _predict(self) -> Predictions:
+        loader = make_loader(
+            self.eval_set, self.collator, self.cfg.batch_size, shuffle=False, seed=0
+        )
+        samples = self.cfg.num_samples if self.cfg.method == "monteclora" else 1
+        return predict(
+            self.model, self.guide, loader, samples, seed=self.cfg.seed, progress=self.progress
+        )
+
+    def finish(self) -> dict:
+        """Write the adapter, metrics and predictions of the finished run."""
+        if not hasattr(self, "predictions"):
+            self.evaluate()
+        save_adapter(self.run_dir, self.model, self.guide)
+        self.predictions.save(self.run_dir / PREDICTIONS_FILE)
+        metrics = {
+            "task": self.spec.name,
+            "split": self.cfg.eval_split,
+            "method": self.cfg.method,
+            "num_examples": len(self.eval_set),
+            "num_samples": self.predictions.draw_probs.shape[0],
+            "steps": self.step,
+            **prediction_metrics(self.predictions, self.spec.metrics),
+        }
+        text = json.dumps(metrics, indent=2) + "\n"
+        atomic_write(self.run_dir / METRICS_FILE, lambda tmp: tmp.write_text(text))
+        return metrics
+
+
+def train(
+    config: TrainConfig,
+    model_config: MonteCLoRAConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune as configured; returns the final metrics (also in ``metrics.json``)."""
+    return Trainer(config, model_config, progress=progress).train(resume=resume)
+
+
+def load_run(run_dir: str | Path) -> tuple[MonteCLoRAModel, nn.Module, object, TrainConfig]:
+    """Rebuild the trained model, guide and tokenizer of a finished run."""
+    run_dir = Path(run_dir)
+    train_cfg, _ = load_run_config(run_dir)
+    spec = get_task_spec(train_cfg.task)
+    hf_model, tokenizer, _ = load_backbone(train_cfg.model, spec.num_labels, spec.label_names)
+    model, guide = load_adapter(run_dir, hf_model)
+    return model, guide, tokenizer, train_cfg
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    task: str | None = None,
+    split: str | None = None,
+    *,
+    data_dir: str | None = None,
+    num_samples: int | None = None,
+    max_examples: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate a finished run, on its own evaluation split or another task or split.
+
+    Writes ``metrics.json`` and ``predictions.npz`` under
+    ``RUN_DIR/evaluations/{task}-{split}/`` and returns the metrics.
+    """
+    run_dir = Path(run_dir)
+    model, guide, tokenizer, cfg = load_run(run_dir)
+    task_name = task or cfg.task
+    spec = get_task_spec(task_name)
+    if spec.num_labels != model.num_labels:
+        raise ValueError(
+            f"task {spec.name} has {spec.num_labels} labels {list(spec.label_names)}, but the "
+            f"run in {run_dir} was trained on {cfg.task} with {model.num_labels}"
+        )
+    trained_names = get_task_spec(cfg.task).label_names
+    if spec.label_names != trained_names:
+        logger.warning(
+            "label names differ: %s (run) vs %s (%s); ids are matched by position",
+            trained_names,
+            spec.label_names,
+            spec.name,
+        )
+    loaded = load_task(task_name, data_dir if data_dir is not None else cfg.data_dir)
+    split = split or (
+        cfg.eval_split
+        if cfg.eval_split in loaded.splits
+        else next(s for s in ("validation", "test", "train") if s in loaded.splits)
+    )
+    if split not in loaded.splits:
+        raise ValueError(f"task {spec.name} has no split {split!r}; it has {sorted(loaded.splits)}")
+    tokenized = tokenize_task(
+        dataclasses.replace(loaded, splits={split: loaded.splits[split]}),
+        tokenizer,
+        cfg.max_length,
+    )[split]
+    dataset = _first(tokenized, max_examples)
+    loader = make_loader(
+        dataset, make_collator(tokenizer), batch_size or cfg.batch_size, shuffle=False, seed=0
+    )
+    samples = num_samples or cfg.num_samples
+    predictions = predict(
+        model,
+        guide,
+        loader,
+        samples if cfg.method == "monteclora" else 1,
+        seed=cfg.seed,
+        progress=progress,
+    )
+    out = run_dir / "evaluations" / f"{spec.name}-{split}"
+    out.mkdir(parents=True, exist_ok=True)
+    predictions.save(out / PREDICTIONS_FILE)
+    metrics = {
+        "task": spec.name,
+        "split": split,
+        "method": cfg.method,
+        "num_examples": len(dataset),
+        "num_samples": predictions.draw_probs.shape[0],
+        **prediction_metrics(predictions, spec.metrics),
+    }
+    text = json.dumps(metrics, indent=2) + "\n"
+    atomic_write(out / METRICS_FILE, lambda tmp: tmp.write_text(text))
+    return metrics
+
+
+def _first(dataset, n: int | None):
+    return dataset if n is None else take_first(dataset, n)
+
+
+def _linear_schedule(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))

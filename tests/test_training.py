@@ -1,0 +1,233 @@
+"""The training loop on a tiny model: learning, artefacts, reloading, resume and failures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import monteclora_pyro.training as training
+from monteclora_pyro import LoRAGuide, MonteCLoRAConfig, MonteCLoRAGuide
+from monteclora_pyro.evaluation import Predictions
+from monteclora_pyro.training import (
+    TrainConfig,
+    Trainer,
+    TrainingError,
+    evaluate_run,
+    load_run,
+    train,
+)
+
+RUN_FILES = {
+    "config.json",
+    "monteclora_config.json",
+    "adapter_meta.json",
+    "adapter_model.safetensors",
+    "metrics.json",
+    "history.jsonl",
+    "predictions.npz",
+    "checkpoint.pt",
+}
+
+
+def _config(toy_assets, out, **overrides) -> TrainConfig:
+    model_dir, data_dir = toy_assets
+    options = {
+        "model": str(model_dir),
+        "task": "sst2",
+        "data_dir": str(data_dir),
+        "epochs": 6,
+        "batch_size": 16,
+        "lr": 1e-2,
+        "num_samples": 4,
+        "output_dir": str(out),
+    }
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def _history(run_dir, kind="train"):
+    lines = (run_dir / "history.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+@pytest.mark.parametrize("method", ["monteclora", "lora"])
+def test_training_learns_writes_every_file_and_reloads(toy_assets, tmp_path, method):
+    out = tmp_path / method
+    metrics = train(_config(toy_assets, out, method=method), MonteCLoRAConfig(r=4), progress=False)
+    expected = RUN_FILES | ({"guide_params.safetensors"} if method == "monteclora" else set())
+    assert expected <= {p.name for p in out.iterdir()}
+    steps = _history(out)
+    assert len(steps) == 6 * 4 == metrics["steps"]
+    nll = [s["nll"] for s in steps]
+    assert np.mean(nll[-4:]) < np.mean(nll[:4]) - 0.1
+    for term in ("kl_covariance", "kl_concentration", "kl_weights", "kl_noise", "cooperative"):
+        assert all(np.isfinite(s[term]) for s in steps)
+        if method == "lora":
+            assert all(s[term] == 0 for s in steps)
+    evals = _history(out, "eval")
+    assert [e["epoch"] for e in evals] == list(range(6))
+    for mode in ("posterior_mean", "posterior_predictive"):
+        assert metrics[mode]["accuracy"] >= 0.75
+        assert set(metrics[mode]) == {"accuracy", "nll", "ece", "ece_quantile", "brier"}
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    predictions = Predictions.load(out / "predictions.npz")
+    samples = 4 if method == "monteclora" else 1
+    assert predictions.draw_probs.shape == (samples, 32, 2)
+    assert predictions.mean_probs.shape == (32, 2)
+    np.testing.assert_allclose(predictions.draw_probs.sum(-1), 1.0, atol=1e-6)
+    if method == "monteclora":
+        assert not np.allclose(predictions.draw_probs[0], predictions.draw_probs[1])
+
+    model, guide, _, cfg = load_run(out)
+    assert cfg == _config(toy_assets, out, method=method)
+    assert type(guide) is (MonteCLoRAGuide if method == "monteclora" else LoRAGuide)
+    assert model.num_data == 64 and model.config.r == 4
+    again = evaluate_run(out, progress=False)
+    for mode in ("posterior_mean", "posterior_predictive"):
+        for key, value in metrics[mode].items():
+            assert again[mode][key] == pytest.approx(value, abs=1e-6), (mode, key)
+    reloaded = Predictions.load(out / "evaluations" / "sst2-validation" / "predictions.npz")
+    np.testing.assert_allclose(reloaded.mean_probs, predictions.mean_probs, atol=1e-6)
+    np.testing.assert_allclose(reloaded.draw_probs, predictions.draw_probs, atol=1e-6)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(toy_assets, tmp_path, monkeypatch):
+    overrides = {"epochs": 3, "checkpoint_every": 3}
+    reference = train(
+        _config(toy_assets, tmp_path / "ref", **overrides), MonteCLoRAConfig(r=4), progress=False
+    )
+
+    original = training.elbo_terms
+    calls = {"n": 0}
+
+    def dies_at_step_8(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise _Interrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "elbo_terms", dies_at_step_8)
+    out = tmp_path / "resumed"
+    with pytest.raises(_Interrupt):
+        train(_config(toy_assets, out, **overrides), MonteCLoRAConfig(r=4), progress=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 6  # the last checkpoint before step 8 (steps 3 and 6)
+    assert len(_history(out)) == 7
+    monkeypatch.setattr(training, "elbo_terms", original)
+    resumed = train(
+        _config(toy_assets, out, **overrides), MonteCLoRAConfig(r=4), resume=True, progress=False
+    )
+    assert resumed == reference
+    assert _history(out) == _history(tmp_path / "ref")
+    first = Predictions.load(tmp_path / "ref" / "predictions.npz")
+    second = Predictions.load(out / "predictions.npz")
+    np.testing.assert_array_equal(first.draw_probs, second.draw_probs)
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(toy_assets, tmp_path, monkeypatch):
+    original = training.elbo_terms
+    calls = {"n": 0}
+
+    def nan_at_step_5(*args, **kwargs):
+        calls["n"] += 1
+        loss, terms = original(*args, **kwargs)
+        if calls["n"] == 5:
+            terms = {**terms, "nll": terms["nll"] * float("nan")}
+            return sum(terms.values()), terms
+        return loss, terms
+
+    monkeypatch.setattr(training, "elbo_terms", nan_at_step_5)
+    out = tmp_path / "nan"
+    with pytest.raises(TrainingError, match="non-finite loss or gradient at step 5") as err:
+        train(
+            _config(toy_assets, out, checkpoint_every=2, epochs=3),
+            MonteCLoRAConfig(r=4),
+            progress=False,
+        )
+    assert str(out / "checkpoint.pt") in str(err.value)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4
+
+
+def test_real_nan_from_the_elbo_is_reported(toy_assets, tmp_path, monkeypatch):
+    original = training.elbo_terms
+
+    def poisoned(model, guide, *args, **kwargs):
+        with torch.no_grad():
+            next(iter(model.adapters.values())).lora_A.fill_(float("nan"))
+        return original(model, guide, *args, **kwargs)
+
+    monkeypatch.setattr(training, "elbo_terms", poisoned)
+    with pytest.raises(TrainingError, match="step 1.*no checkpoint was written yet"):
+        train(_config(toy_assets, tmp_path / "poisoned"), MonteCLoRAConfig(r=4), progress=False)
+
+
+def test_corrupt_and_mismatched_checkpoints_are_refused_untouched(toy_assets, tmp_path):
+    out = tmp_path / "run"
+    train(_config(toy_assets, out, epochs=1), MonteCLoRAConfig(r=4), progress=False)
+    checkpoint = out / "checkpoint.pt"
+    good = checkpoint.read_bytes()
+    with pytest.raises(ValueError, match="another configuration.*lr: 0.01 -> 0.02"):
+        Trainer(
+            _config(toy_assets, out, epochs=1, lr=2e-2), MonteCLoRAConfig(r=4), progress=False
+        ).train(resume=True)
+    with pytest.raises(ValueError, match="another configuration.*r: 4 -> 2"):
+        Trainer(_config(toy_assets, out, epochs=1), MonteCLoRAConfig(r=2), progress=False).train(
+            resume=True
+        )
+    assert checkpoint.read_bytes() == good
+    checkpoint.write_bytes(good[: len(good) // 2])
+    history = (out / "history.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="checkpoint .*checkpoint.pt is corrupt"):
+        train(
+            _config(toy_assets, out, epochs=1), MonteCLoRAConfig(r=4), resume=True, progress=False
+        )
+    assert checkpoint.read_bytes() == good[: len(good) // 2]
+    assert (out / "history.jsonl").read_bytes() == history
+
+
+def test_existing_run_directory_is_not_overwritten(toy_assets, tmp_path):
+    out = tmp_path / "run"
+    train(_config(toy_assets, out, epochs=1), MonteCLoRAConfig(r=4), progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
+        train(_config(toy_assets, out, epochs=1), MonteCLoRAConfig(r=4), progress=False)
+    assert before == {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def test_evaluating_on_a_task_with_another_label_set_fails(toy_assets, tmp_path):
+    out = tmp_path / "run"
+    train(_config(toy_assets, out, epochs=1), MonteCLoRAConfig(r=4), progress=False)
+    with pytest.raises(ValueError, match="task mnli has 3 labels.*trained on sst2 with 2"):
+        evaluate_run(out, "mnli", progress=False)
+    with pytest.raises(ValueError, match="no split 'test'"):
+        evaluate_run(out, "sst2", "test", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("method", "bayes", "'monteclora', 'lora'"),
+        ("lr", 0.0, "> 0"),
+        ("batch_size", 0, ">= 1"),
+        ("optimizer", "sgd", "'adamw', 'clipped_adam'"),
+        ("warmup_ratio", 1.0, "[0, 1)"),
+    ],
+)
+def test_invalid_train_config(field, value, fragment):
+    with pytest.raises(
+        ValueError,
+        match=f"TrainConfig.{field}=.*{fragment}".replace("[", r"\[")
+        .replace("(", r"\(")
+        .replace(")", r"\)"),
+    ):
+        TrainConfig(**{field: value})
+    with pytest.raises(ValueError, match="unknown task 'glue-9'|glue-9"):
+        TrainConfig(task="glue-9")
