@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from monteclora_pyro.files import atomic_write_text
+
 CONFIG_NAME = "monteclora_config.json"
 
 _CHOICES = {
@@ -158,7 +160,7 @@ class MonteCLoRAConfig:
         if path.is_dir() or not path.suffix:
             path.mkdir(parents=True, exist_ok=True)
             path = path / CONFIG_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from monteclora_pyro.analysis.metrics import classification_report
+from monteclora_pyro.files import atomic_write
 from monteclora_pyro.guides import MonteCLoRAGuide
-from monteclora_pyro.io import atomic_write
 from monteclora_pyro.models import MonteCLoRAModel
 
 MODES = ("posterior_mean", "posterior_predictive")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from monteclora_pyro.config import MonteCLoRAConfig
+from monteclora_pyro.files import atomic_write, atomic_write_text
 from monteclora_pyro.guides import LoRAGuide, MonteCLoRAGuide
 from monteclora_pyro.models import MonteCLoRAModel
 
@@ -21,19 +20,6 @@ ADAPTER_FILE = "adapter_model.safetensors"
 GUIDE_FILE = "guide_params.safetensors"
 META_FILE = "adapter_meta.json"
 GUIDES = {"MonteCLoRAGuide": MonteCLoRAGuide, "LoRAGuide": LoRAGuide}
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` and move the result over ``path`` only once it is complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_tensors(path: Path, named: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -96,8 +82,7 @@ def save_adapter(
         "target_paths": list(model.adapters),
         "modules_to_save": model.head_names,
     }
-    text = json.dumps(meta, indent=2) + "\n"
-    atomic_write(directory / META_FILE, lambda tmp: tmp.write_text(text))
+    atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
     return directory
 
 

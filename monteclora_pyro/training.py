@@ -28,9 +28,10 @@ from monteclora_pyro.data import (
     tokenize_task,
 )
 from monteclora_pyro.evaluation import Predictions, predict, prediction_metrics
+from monteclora_pyro.files import atomic_write, atomic_write_text
 from monteclora_pyro.guides import LoRAGuide, MonteCLoRAGuide
 from monteclora_pyro.infer import elbo_terms
-from monteclora_pyro.io import atomic_write, load_adapter, save_adapter
+from monteclora_pyro.io import load_adapter, save_adapter
 from monteclora_pyro.models import MonteCLoRAModel
 from monteclora_pyro.models.layer import default_modules_to_save
 
@@ -157,7 +158,7 @@ def save_run_config(run_dir: Path, train_cfg: TrainConfig, model_cfg: MonteCLoRA
         )
         + "\n"
     )
-    atomic_write(run_dir / RUN_CONFIG, lambda tmp: tmp.write_text(text))
+    atomic_write_text(run_dir / RUN_CONFIG, text)
 
 
 def load_run_config(run_dir: str | Path) -> tuple[TrainConfig, MonteCLoRAConfig]:
@@ -443,7 +444,7 @@ class Trainer:
             **prediction_metrics(self.predictions, self.spec.metrics),
         }
         text = json.dumps(metrics, indent=2) + "\n"
-        atomic_write(self.run_dir / METRICS_FILE, lambda tmp: tmp.write_text(text))
+        atomic_write_text(self.run_dir / METRICS_FILE, text)
         return metrics
 
 
@@ -539,7 +540,7 @@ def evaluate_run(
         **prediction_metrics(predictions, spec.metrics),
     }
     text = json.dumps(metrics, indent=2) + "\n"
-    atomic_write(out / METRICS_FILE, lambda tmp: tmp.write_text(text))
+    atomic_write_text(out / METRICS_FILE, text)
     return metrics
 
 

@@ -58,12 +58,18 @@ def token_batch(batch: int = 4, length: int = 7, seed: int = 1) -> torch.Tensor:
 
 @pytest.fixture(autouse=True)
 def _fresh_pyro():
-    """Each test starts with an empty param store, seeded, with validation on."""
+    """Each test starts with an empty param store, seeded, with validation on, on one thread.
+
+    Tiny tensors: thread hand-offs cost more than they save, and stall on a busy machine.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     pyro.enable_validation(True)
     yield
     pyro.clear_param_store()
+    torch.set_num_threads(threads)
 
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "happy"]
@@ -71,7 +77,7 @@ NEGATIVE = ["bad", "awful", "poor", "dreadful", "sad", "boring"]
 NEUTRAL = ["the", "film", "was", "a", "plot", "and", "very", "movie", "it", "is"]
 
 
-def write_toy_sst2(root, n_train: int = 64, n_dev: int = 32, seed: int = 0):
+def write_toy_sst2(root, n_train: int = 128, n_dev: int = 64, seed: int = 0):
     """A separable SST-2-layout data set: sentiment words decide the label."""
     import random
 

@@ -239,15 +239,7 @@ def _interrupted(write_part):
 @pytest.mark.parametrize(
     "victim",
     [
-        pytest.param(
-            CONFIG_NAME,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="MonteCLoRAConfig.save writes monteclora_config.json in place with "
-                "Path.write_text, not through io.atomic_write: an interrupted save_adapter "
-                "truncates the previous config",
-            ),
-        ),
+        CONFIG_NAME,
         META_FILE,
         ADAPTER_FILE,
         GUIDE_FILE,

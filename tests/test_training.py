@@ -40,7 +40,7 @@ def _config(toy_assets, out, **overrides) -> TrainConfig:
         "data_dir": str(data_dir),
         "epochs": 6,
         "batch_size": 16,
-        "lr": 1e-2,
+        "lr": 3e-2,
         "num_samples": 4,
         "output_dir": str(out),
     }
@@ -60,7 +60,7 @@ def test_training_learns_writes_every_file_and_reloads(toy_assets, tmp_path, met
     expected = RUN_FILES | ({"guide_params.safetensors"} if method == "monteclora" else set())
     assert expected <= {p.name for p in out.iterdir()}
     steps = _history(out)
-    assert len(steps) == 6 * 4 == metrics["steps"]
+    assert len(steps) == 6 * 8 == metrics["steps"]
     nll = [s["nll"] for s in steps]
     assert np.mean(nll[-4:]) < np.mean(nll[:4]) - 0.1
     for term in ("kl_covariance", "kl_concentration", "kl_weights", "kl_noise", "cooperative"):
@@ -76,8 +76,8 @@ def test_training_learns_writes_every_file_and_reloads(toy_assets, tmp_path, met
     assert saved == json.loads(json.dumps(metrics))
     predictions = Predictions.load(out / "predictions.npz")
     samples = 4 if method == "monteclora" else 1
-    assert predictions.draw_probs.shape == (samples, 32, 2)
-    assert predictions.mean_probs.shape == (32, 2)
+    assert predictions.draw_probs.shape == (samples, 64, 2)
+    assert predictions.mean_probs.shape == (64, 2)
     np.testing.assert_allclose(predictions.draw_probs.sum(-1), 1.0, atol=1e-6)
     if method == "monteclora":
         assert not np.allclose(predictions.draw_probs[0], predictions.draw_probs[1])
@@ -85,7 +85,7 @@ def test_training_learns_writes_every_file_and_reloads(toy_assets, tmp_path, met
     model, guide, _, cfg = load_run(out)
     assert cfg == _config(toy_assets, out, method=method)
     assert type(guide) is (MonteCLoRAGuide if method == "monteclora" else LoRAGuide)
-    assert model.num_data == 64 and model.config.r == 4
+    assert model.num_data == 128 and model.config.r == 4
     again = evaluate_run(out, progress=False)
     for mode in ("posterior_mean", "posterior_predictive"):
         for key, value in metrics[mode].items():
@@ -174,7 +174,7 @@ def test_corrupt_and_mismatched_checkpoints_are_refused_untouched(toy_assets, tm
     train(_config(toy_assets, out, epochs=1), MonteCLoRAConfig(r=4), progress=False)
     checkpoint = out / "checkpoint.pt"
     good = checkpoint.read_bytes()
-    with pytest.raises(ValueError, match="another configuration.*lr: 0.01 -> 0.02"):
+    with pytest.raises(ValueError, match="another configuration.*lr: 0.03 -> 0.02"):
         Trainer(
             _config(toy_assets, out, epochs=1, lr=2e-2), MonteCLoRAConfig(r=4), progress=False
         ).train(resume=True)

@@ -215,6 +215,8 @@ class MonteCLoRAModel(PyroModule):
             )
 
     def _observe(self, logits: torch.Tensor, labels: torch.Tensor | None) -> None:
+        if not torch.isfinite(logits).all():
+            raise FloatingPointError("the backbone returned non-finite logits")
         batch = logits.shape[0]
         index = torch.arange(batch, device=logits.device)
         with pyro.plate(DATA_PLATE, max(self.num_data, batch), subsample=index):

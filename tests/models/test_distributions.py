@@ -8,10 +8,12 @@ import warnings
 import pyro.distributions as dist
 import pytest
 import torch
+from conftest import tiny_hf_model
+from pyro import poutine
 from torch.distributions import kl_divergence
 from torch.distributions.kl import _dispatch_kl
 
-from monteclora_pyro import MonteCLoRAConfig
+from monteclora_pyro import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from monteclora_pyro.guides.lora import PinnedDelta
 from monteclora_pyro.models import Wishart, kl_wishart_wishart
 from monteclora_pyro.models.model import noise_distribution
@@ -65,6 +67,24 @@ def test_wishart_rsample_does_not_warn_and_is_symmetric_positive_definite(d):
     assert (torch.linalg.cholesky_ex(x).info == 0).all()
     assert (torch.linalg.eigvalsh(x) > 0).all()
     assert w.support.check(x).all()
+
+
+def test_guide_covariance_draws_pass_the_model_support_check_in_float32():
+    model = MonteCLoRAModel(
+        tiny_hf_model(hidden=8),
+        MonteCLoRAConfig(r=4, target_modules=["bert.encoder.layer.0.attention.self.query"]),
+        num_data=10,
+    )
+    guide = MonteCLoRAGuide(model)
+    (path,) = model.adapters
+    name = f"{path}.covariance"
+    prior = poutine.trace(model.sample_latents).get_trace().nodes[name]["fn"]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        draws = guide.site_distribution(name).rsample((20000,))
+    assert draws.dtype == torch.float32
+    outside = ~prior.support.check(draws)
+    assert not outside.any(), f"{int(outside.sum())} of 20000 draws are not positive definite"
 
 
 @pytest.mark.parametrize(("d", "df"), [(2, 2.0), (3, 5.5), (4, 4.0)])
