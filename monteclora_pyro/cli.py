@@ -201,7 +201,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             output_dir=str(out),
             lr=args.lr,
         )
-        results[method] = train(cfg, MonteCLoRAConfig(), resume=True, progress=not args.quiet)
+        resume = (out / "checkpoint.pt").is_file()
+        results[method] = train(cfg, MonteCLoRAConfig(), resume=resume, progress=not args.quiet)
         dirs[method] = out
         shifted[method] = {
             domain: evaluate_run(
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="MonteCLoRA against LoRA on movie reviews with MiniLM")
     p.add_argument("--output-dir", default="runs/demo", help="(default: %(default)s)")
     p.add_argument("--max-train-examples", type=int, default=2000, help="(default: %(default)s)")
-    p.add_argument("--max-eval-examples", type=int, default=500, help="(default: %(default)s)")
+    p.add_argument("--max-eval-examples", type=int, default=400, help="(default: %(default)s)")
     p.add_argument("--epochs", type=int, default=1, help="(default: %(default)s)")
     p.add_argument("--max-length", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--num-samples", type=int, default=8, help="(default: %(default)s)")

@@ -784,16 +784,18 @@ def load_vader_splits(
 ) -> dict[str, datasets.Dataset]:
     """Load a VADER domain (``spec.hub_id is None``) from the source archive.
 
-    Ratings ``>= 0.5`` are positive, ``<= -0.5`` negative, others dropped. With
-    ``spec.layout.resplit`` the rows are split by a ``numpy.random.default_rng(0)``
-    permutation, each split keeping file order.
+    Ratings ``>= 0.5`` are positive, ``<= -0.5`` negative, others dropped. The files are
+    grouped by source and sorted within groups, so the rows are put in the order of a
+    ``numpy.random.default_rng(0)`` permutation: the first N rows of any split are a random
+    subset. With ``spec.layout.resplit`` the permutation is cut into the splits.
     """
     ((split, file_name),) = spec.layout.split_files
     source = f"{archive}:{spec.layout.folder}/{file_name}"
     columns, lines = _parse_tsv(read_vader_member(archive, file_name), source, spec.layout)
     dataset = _build_dataset(spec, source, columns, lines, "line")
     if not spec.layout.resplit:
-        return {split: dataset}
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(dataset))
+        return {split: dataset.select(order.tolist())}
     return split_by_fractions(dataset, spec.layout.resplit, seed=SPLIT_SEED)
 
 
@@ -803,7 +805,7 @@ def split_by_fractions(
     """Split ``dataset`` deterministically by a seeded permutation.
 
     Every split but the first gets ``round(fraction * n)`` rows; the first gets the rest.
-    Rows keep their original order within a split.
+    Rows are in permutation order, so the first N rows of a split are a random subset.
     """
     n = len(dataset)
     order = np.random.default_rng(seed).permutation(n)
@@ -811,7 +813,7 @@ def split_by_fractions(
     sizes.insert(0, n - sum(sizes))
     bounds = np.cumsum([0, *sizes])
     return {
-        name: dataset.select(np.sort(order[start:stop]).tolist())
+        name: dataset.select(order[start:stop].tolist())
         for (name, _), start, stop in zip(fractions, bounds[:-1], bounds[1:], strict=True)
     }
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pyro import poutine
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -65,6 +66,52 @@ class Predictions:
             return cls(data["labels"], data["mean_probs"], data["draw_probs"])
 
 
+def draw_guide(guide: nn.Module, num_samples: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """``num_samples`` draws of every latent site from the guide, from their own seeded stream.
+
+    The same ``(num_samples, seed)`` always gives the same draws, whatever the global RNG state.
+    """
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return [guide() for _ in range(num_samples)]
+
+
+def draw_prior(
+    model: MonteCLoRAModel, num_samples: int, seed: int
+) -> list[dict[str, torch.Tensor]]:
+    """``num_samples`` draws of every latent site from the model's priors."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        draws = []
+        for _ in range(num_samples):
+            trace = poutine.trace(model.sample_latents).get_trace()
+            draws.append(
+                {
+                    name: site["value"]
+                    for name, site in trace.nodes.items()
+                    if site["type"] == "sample"
+                }
+            )
+        return draws
+
+
+def save_latent_samples(
+    path: str | Path, draws: list[dict[str, torch.Tensor]], skip: tuple[str, ...] = ("noise",)
+) -> None:
+    """Stack draws into an ``.npz`` file: one array (S, *site shape) per site name.
+
+    Sites whose kind is in ``skip`` are left out (the noise has K·d_in·r entries per layer).
+    """
+    names = [n for n in draws[0] if n.rpartition(".")[2] not in skip]
+    arrays = {n: torch.stack([d[n] for d in draws]).detach().cpu().numpy() for n in names}
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as handle:
+            np.savez(handle, **arrays)
+
+    atomic_write(Path(path), write)
+
+
 @torch.no_grad()
 def predict(
     model: MonteCLoRAModel,
@@ -83,12 +130,9 @@ def predict(
         raise ValueError(f"num_samples={num_samples} is invalid: it must be >= 1")
     was_training = model.hf_model.training
     model.hf_model.eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if isinstance(guide, MonteCLoRAGuide):
-            deltas = [model.perturbations(guide()) for _ in range(num_samples)]
-        else:
-            deltas = []
+    deltas = []
+    if isinstance(guide, MonteCLoRAGuide):
+        deltas = [model.perturbations(d) for d in draw_guide(guide, num_samples, seed)]
     labels, mean_probs, draw_probs = [], [], []
     try:
         for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):

@@ -27,7 +27,14 @@ from monteclora_pyro.data import (
     take_first,
     tokenize_task,
 )
-from monteclora_pyro.evaluation import Predictions, predict, prediction_metrics
+from monteclora_pyro.evaluation import (
+    Predictions,
+    draw_guide,
+    draw_prior,
+    predict,
+    prediction_metrics,
+    save_latent_samples,
+)
 from monteclora_pyro.files import atomic_write, atomic_write_text
 from monteclora_pyro.guides import LoRAGuide, MonteCLoRAGuide
 from monteclora_pyro.infer import elbo_terms
@@ -41,6 +48,8 @@ RUN_CONFIG = "config.json"
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.jsonl"
 PREDICTIONS_FILE = "predictions.npz"
+POSTERIOR_SAMPLES_FILE = "posterior_samples.npz"
+PRIOR_SAMPLES_FILE = "prior_samples.npz"
 CHECKPOINT_FILE = "checkpoint.pt"
 METHODS = {"monteclora": MonteCLoRAGuide, "lora": LoRAGuide}
 OPTIMIZERS = ("adamw", "clipped_adam")
@@ -220,10 +229,15 @@ class Trainer:
                 logger.warning("training newly initialised modules %s as well", extra)
             model_config = dataclasses.replace(model_config, modules_to_save=heads + extra)
         self.model_cfg = model_config
-        tokenized = tokenize_task(task, self.tokenizer, config.max_length)
+        needed = {
+            "train": _first(task.splits["train"], config.max_train_examples),
+            "eval": _first(task.splits[config.eval_split], config.max_eval_examples),
+        }
+        tokenized = tokenize_task(
+            dataclasses.replace(task, splits=needed), self.tokenizer, config.max_length
+        )
         self.collator = make_collator(self.tokenizer)
-        self.train_set = _first(tokenized["train"], config.max_train_examples)
-        self.eval_set = _first(tokenized[config.eval_split], config.max_eval_examples)
+        self.train_set, self.eval_set = tokenized["train"], tokenized["eval"]
         self.model = MonteCLoRAModel(hf_model, model_config, num_data=len(self.train_set))
         self.guide = METHODS[config.method](self.model)
         self.params = [p for _, p in self.model.trainable_parameters()]
@@ -434,6 +448,16 @@ class Trainer:
             self.evaluate()
         save_adapter(self.run_dir, self.model, self.guide)
         self.predictions.save(self.run_dir / PREDICTIONS_FILE)
+        if isinstance(self.guide, MonteCLoRAGuide):
+            samples = self.cfg.num_samples
+            save_latent_samples(
+                self.run_dir / POSTERIOR_SAMPLES_FILE,
+                draw_guide(self.guide, samples, self.cfg.seed),
+            )
+            save_latent_samples(
+                self.run_dir / PRIOR_SAMPLES_FILE,
+                draw_prior(self.model, samples, self.cfg.seed + 1),
+            )
         metrics = {
             "task": self.spec.name,
             "split": self.cfg.eval_split,
@@ -510,12 +534,10 @@ def evaluate_run(
     )
     if split not in loaded.splits:
         raise ValueError(f"task {spec.name} has no split {split!r}; it has {sorted(loaded.splits)}")
-    tokenized = tokenize_task(
-        dataclasses.replace(loaded, splits={split: loaded.splits[split]}),
-        tokenizer,
-        cfg.max_length,
+    raw = _first(loaded.splits[split], max_examples)
+    dataset = tokenize_task(
+        dataclasses.replace(loaded, splits={split: raw}), tokenizer, cfg.max_length
     )[split]
-    dataset = _first(tokenized, max_examples)
     loader = make_loader(
         dataset, make_collator(tokenizer), batch_size or cfg.batch_size, shuffle=False, seed=0
     )

@@ -1,1 +1,8 @@
-"""Evaluation and analysis utilities (numpy only; never imports training code)."""
+"""Posterior analysis: ArviZ conversion, metrics and plots (never imports training code)."""
+
+import warnings
+
+with warnings.catch_warnings():
+    # ArviZ 0.23 announces its 1.0 refactor with a FutureWarning on import; say it once here.
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz  # noqa: F401
