@@ -10,6 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+from monteclora_pyro.analysis.inference_data import (
+    hyperprior_summary,
+    psis_loo,
+    save_inference_data,
+    to_inference_data,
+)
+from monteclora_pyro.analysis.report import format_summary, summary_tables, write_report
 from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS, TASKS
 from monteclora_pyro.evaluation import MODES
@@ -19,6 +26,7 @@ from monteclora_pyro.training import (
     TrainConfig,
     TrainingError,
     evaluate_run,
+    load_run_config,
     train,
 )
 
@@ -235,6 +243,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    run_dirs = [Path(d) for d in args.run_dirs]
+    out = Path(args.output_dir) if args.output_dir else run_dirs[0] / "analysis"
+    groups: dict[str, list[Path]] = {}
+    for run_dir in run_dirs:
+        method = load_run_config(run_dir)[0].method
+        groups.setdefault(method, []).append(run_dir)
+    posterior = None
+    for method, dirs in groups.items():
+        for run_dir in dirs:
+            save_inference_data(to_inference_data(run_dir), run_dir)
+        idata = to_inference_data(dirs)
+        if len(dirs) > 1:
+            save_inference_data(idata, out, f"inference_data-{method}.nc")
+        print(f"\n{method}: {len(dirs)} run(s) as chains")
+        loo, messages = psis_loo(idata)
+        if loo is not None:
+            print(
+                f"PSIS-LOO elpd {loo.elpd_loo:.2f} (se {loo.se:.2f}), "
+                f"p_loo {loo.p_loo:.2f}, max Pareto k {float(loo.pareto_k.max()):.2f}"
+            )
+        for message in messages:
+            print(f"  warning: {message}")
+        if "posterior" in idata.groups():
+            summary = hyperprior_summary(idata)
+            worst = summary.sort_values("ess_bulk").head(args.summary_rows)
+            print(f"hyperprior summary ({len(summary)} entries; lowest bulk ESS first):")
+            print(worst.to_string())
+            if posterior is None:
+                posterior = idata
+    print()
+    print(format_summary(summary_tables(run_dirs)))
+    report = write_report(run_dirs, out, idata=posterior)
+    print(f"\nreport: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="monteclora",
@@ -259,6 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-eval-examples", type=int, default=None, help="use the first N examples")
     p.add_argument("--batch-size", type=int, default=None, help="(default: the run's)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("analyze", help="posterior analysis, plots and an HTML report of runs")
+    p.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="finished runs; runs of one method become the chains of one posterior",
+    )
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="where the PNGs and report.html go (default: FIRST_RUN_DIR/analysis)",
+    )
+    p.add_argument(
+        "--summary-rows",
+        type=int,
+        default=12,
+        help="rows of the hyperprior summary to print (default: %(default)s)",
+    )
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("demo", help="MonteCLoRA against LoRA on movie reviews with MiniLM")
     p.add_argument("--output-dir", default="runs/demo", help="(default: %(default)s)")

@@ -133,3 +133,62 @@ def test_errors_exit_2_with_a_message(toy_assets, tmp_path, caplog):
     code = main(["--quiet", "evaluate", str(tmp_path / "nowhere")])
     assert code == 2
     assert "not a run directory" in caplog.text
+
+
+def test_analyze_writes_netcdf_plots_and_report(toy_assets, tmp_path, capsys):
+    import arviz as az
+
+    model_dir, data_dir = toy_assets
+    runs = []
+    for method, seed in (("monteclora", 0), ("monteclora", 1), ("lora", 0)):
+        out = tmp_path / f"{method}-{seed}"
+        assert (
+            main(
+                [
+                    "--quiet",
+                    "train",
+                    "--model",
+                    str(model_dir),
+                    "--task",
+                    "sst2",
+                    "--data-dir",
+                    str(data_dir),
+                    "--method",
+                    method,
+                    "--max-steps",
+                    "4",
+                    "--lr",
+                    "0.03",
+                    "--num-samples",
+                    "4",
+                    "--r",
+                    "2",
+                    "--num-components",
+                    "2",
+                    "--seed",
+                    str(seed),
+                    "--output-dir",
+                    str(out),
+                    "--max-eval-examples",
+                    "24",
+                ]
+            )
+            == 0
+        )
+        runs.append(out)
+    report_dir = tmp_path / "report"
+    capsys.readouterr()
+    assert main(["--quiet", "analyze", *map(str, runs), "--output-dir", str(report_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "monteclora: 2 run(s) as chains" in printed and "lora: 1 run(s)" in printed
+    assert "PSIS-LOO elpd" in printed and "r_hat" in printed
+    combined = az.from_netcdf(str(report_dir / "inference_data-monteclora.nc"))
+    assert combined.posterior.sizes["chain"] == 2
+    for run in runs:
+        single = az.from_netcdf(str(run / "inference_data.nc"))
+        assert single.log_likelihood.sizes["chain"] == 1
+    html = (report_dir / "report.html").read_text()
+    pngs = sorted(p.name for p in report_dir.glob("*.png"))
+    assert len(pngs) >= 5
+    assert html.count("data:image/png;base64,") >= len(pngs)
+    assert "monteclora-0" in html and "lora-0" in html

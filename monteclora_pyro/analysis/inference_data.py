@@ -160,9 +160,12 @@ def _training_dataset(runs: list[dict]) -> xr.Dataset:
     return xr.Dataset(data, coords={"chain": np.arange(len(runs)), "step": np.arange(1, steps + 1)})
 
 
-def save_inference_data(idata: az.InferenceData, run_dir: str | Path) -> Path:
-    """Write ``idata`` as netCDF into ``run_dir``; reload with :func:`arviz.from_netcdf`."""
-    path = Path(run_dir) / NETCDF_FILE
+def save_inference_data(
+    idata: az.InferenceData, directory: str | Path, name: str = NETCDF_FILE
+) -> Path:
+    """Write ``idata`` as netCDF into ``directory``; reload with :func:`arviz.from_netcdf`."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    path = Path(directory) / name
     idata.to_netcdf(str(path))
     return path
 
