@@ -17,25 +17,10 @@ import statistics
 import time
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from train_step import build_backbone
 
 from monteclora_pyro import LoRAGuide, MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from monteclora_pyro.backbones import load_backbone
 from monteclora_pyro.infer import elbo_terms
-
-
-def build(tiny: bool) -> torch.nn.Module:
-    if tiny:
-        config = BertConfig(
-            vocab_size=64,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            num_labels=2,
-        )
-        return BertForSequenceClassification(config)
-    return load_backbone("minilm", num_labels=2)[0]
 
 
 def main() -> None:
@@ -49,7 +34,7 @@ def main() -> None:
     torch.manual_seed(0)
     runs = {}
     for name, guide_cls in (("monteclora", MonteCLoRAGuide), ("lora", LoRAGuide)):
-        hf = build(args.tiny).train()
+        hf = build_backbone(args.tiny).train()
         model = MonteCLoRAModel(hf, MonteCLoRAConfig(covariance=args.covariance), num_data=1000)
         guide = guide_cls(model)
         params = [p for _, p in model.trainable_parameters()] + list(guide.parameters())

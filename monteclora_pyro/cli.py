@@ -1,4 +1,4 @@
-"""The ``monteclora`` command: train, evaluate and demo."""
+"""The ``monteclora`` command: train, evaluate, analyze, sweep, sweep-report and demo."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import argparse
 import dataclasses
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
 
+from monteclora_pyro import sweep
 from monteclora_pyro.analysis.inference_data import (
     hyperprior_summary,
     psis_loo,
@@ -17,11 +19,13 @@ from monteclora_pyro.analysis.inference_data import (
     to_inference_data,
 )
 from monteclora_pyro.analysis.report import format_summary, summary_tables, write_report
+from monteclora_pyro.baselines import PEFT_METHODS
 from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS, TASKS
 from monteclora_pyro.evaluation import MODES
+from monteclora_pyro.results import write_results
 from monteclora_pyro.training import (
-    METHODS,
+    ALL_METHODS,
     OPTIMIZERS,
     TrainConfig,
     TrainingError,
@@ -34,9 +38,17 @@ TABLE_METRICS = ("accuracy", "nll", "ece", "brier")
 _MODEL_FLAGS = {f.name for f in dataclasses.fields(MonteCLoRAConfig)}
 
 
-def _train_options(parser: argparse.ArgumentParser) -> None:
+_SWEPT = ("method", "lr", "batch_size", "seed", "output_dir", "resume")
+
+
+def _train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
+    """Every training option; with ``swept``, none of those a sweep sets per cell."""
     d = TrainConfig()
-    add = parser.add_argument
+
+    def add(flag: str, **kwargs) -> None:
+        if not (swept and flag[2:].replace("-", "_") in _SWEPT):
+            parser.add_argument(flag, **kwargs)
+
     add(
         "--model",
         default=d.model,
@@ -58,8 +70,9 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     add(
         "--method",
         default=d.method,
-        choices=sorted(METHODS),
-        help="monteclora (MonteCLoRAGuide) or lora (LoRAGuide) (default: %(default)s)",
+        choices=ALL_METHODS,
+        help="monteclora (MonteCLoRAGuide), lora (LoRAGuide), or PEFT's peft-lora or "
+        "peft-monteclora (the peft extra) (default: %(default)s)",
     )
     add(
         "--epochs",
@@ -152,7 +165,8 @@ def _configs(args: argparse.Namespace) -> tuple[TrainConfig, MonteCLoRAConfig]:
     values = vars(args)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     train_kwargs = {k: v for k, v in values.items() if k in train_fields and v is not None}
-    train_kwargs.setdefault("output_dir", f"runs/{args.task}-{args.method}-s{args.seed}")
+    if "method" in values:
+        train_kwargs.setdefault("output_dir", f"runs/{args.task}-{args.method}-s{args.seed}")
     model_kwargs = {k: v for k, v in values.items() if k in _MODEL_FLAGS}
     return TrainConfig(**train_kwargs), MonteCLoRAConfig(**model_kwargs)
 
@@ -172,6 +186,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = train(train_cfg, model_cfg, resume=args.resume, progress=not args.quiet)
     print(_format_table({train_cfg.method: metrics}))
     print(f"run directory: {train_cfg.output_dir}")
+    return 0
+
+
+def _list(kind: type):
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list") from err
+        if not values:
+            raise argparse.ArgumentTypeError("the list is empty")
+        return values
+
+    return parse
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    base, model_cfg = _configs(args)
+    output_dir = Path(args.output_dir or f"runs/sweep-{base.task}")
+    cells = sweep.grid(base, args.methods, args.lrs, args.batch_sizes, args.seeds, output_dir)
+    records = sweep.run_sweep(
+        cells, model_cfg, workers=args.workers, backend=args.backend, threads=args.threads
+    )
+    counts = {s: sum(r["status"] == s for r in records) for s in ("finished", "skipped", "failed")}
+    summary = sweep.write_summary(output_dir)
+    print(sweep.format_summary(summary))
+    print(
+        f"\n{len(cells)} cells: {counts['finished']} run now, {counts['skipped']} already "
+        f"finished, {counts['failed']} diverged"
+    )
+    print(f"summary: {output_dir / sweep.SUMMARY_MD}, plot: {output_dir / sweep.SWEEP_PLOT}")
+    return 0
+
+
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    path = write_results(
+        args.sweep_dirs, args.output, command=shlex.join(["monteclora", *args.argv])
+    )
+    print(f"written to {path}")
     return 0
 
 
@@ -249,6 +302,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     groups: dict[str, list[Path]] = {}
     for run_dir in run_dirs:
         method = load_run_config(run_dir)[0].method
+        if method in PEFT_METHODS:
+            raise ValueError(
+                f"{run_dir} is a {method} run: PEFT's adapters have no posterior to analyse; "
+                "compare them with ours through `monteclora sweep` or their metrics.json"
+            )
         groups.setdefault(method, []).append(run_dir)
     posterior = None
     for method, dirs in groups.items():
@@ -293,6 +351,50 @@ def build_parser() -> argparse.ArgumentParser:
     _train_options(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser(
+        "sweep",
+        help="a learning-rate × batch-size (× seed) grid of runs per method, and its summary",
+    )
+    _train_options(p, swept=True)
+    group = p.add_argument_group("grid")
+    group.add_argument(
+        "--methods",
+        type=_list(str),
+        default=["lora", "monteclora"],
+        help=f"comma-separated, among {', '.join(ALL_METHODS)} (default: lora,monteclora)",
+    )
+    group.add_argument(
+        "--lrs", type=_list(float), required=True, help="comma-separated learning rates"
+    )
+    group.add_argument("--batch-sizes", type=_list(int), default=[16, 32], help="(default: 16,32)")
+    group.add_argument("--seeds", type=_list(int), default=[0], help="(default: 0)")
+    group.add_argument(
+        "--output-dir", default=None, help="sweep directory (default: runs/sweep-TASK)"
+    )
+    group.add_argument(
+        "--workers", type=int, default=1, help="cells run at once (default: %(default)s)"
+    )
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per cell (default: CPU count / workers)",
+    )
+    group.add_argument(
+        "--backend",
+        default="local",
+        choices=sweep.BACKENDS,
+        help="local processes, or Ray Tune trials (the ray extra) (default: %(default)s)",
+    )
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "sweep-report", help="docs/results.md: the robustness tables of finished sweeps"
+    )
+    p.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR", help="sweep directories")
+    p.add_argument("--output", default="docs/results.md", help="(default: %(default)s)")
+    p.set_defaults(func=cmd_sweep_report)
+
     p = sub.add_parser("evaluate", help="evaluate a finished run, on any task or split")
     p.add_argument("run_dir", help="a run directory written by `monteclora train`")
     p.add_argument("--task", default=None, help="task to evaluate on (default: the run's)")
@@ -328,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="MonteCLoRA against LoRA on movie reviews with MiniLM")
     p.add_argument("--output-dir", default="runs/demo", help="(default: %(default)s)")
     p.add_argument("--max-train-examples", type=int, default=2000, help="(default: %(default)s)")
-    p.add_argument("--max-eval-examples", type=int, default=400, help="(default: %(default)s)")
+    p.add_argument("--max-eval-examples", type=int, default=300, help="(default: %(default)s)")
     p.add_argument("--epochs", type=int, default=1, help="(default: %(default)s)")
     p.add_argument("--max-length", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--num-samples", type=int, default=8, help="(default: %(default)s)")
@@ -339,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:

@@ -17,6 +17,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from monteclora_pyro.backbones import DEFAULT_MODEL, load_backbone
+from monteclora_pyro.baselines import (
+    PEFT_METHODS,
+    PeftMethod,
+    load_peft_run,
+    predict_deterministic,
+)
 from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.data import (
     DEFAULT_TASK,
@@ -41,6 +47,7 @@ from monteclora_pyro.infer import elbo_terms
 from monteclora_pyro.io import load_adapter, save_adapter
 from monteclora_pyro.models import MonteCLoRAModel
 from monteclora_pyro.models.layer import default_modules_to_save
+from monteclora_pyro.models.params import restore_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +59,7 @@ POSTERIOR_SAMPLES_FILE = "posterior_samples.npz"
 PRIOR_SAMPLES_FILE = "prior_samples.npz"
 CHECKPOINT_FILE = "checkpoint.pt"
 METHODS = {"monteclora": MonteCLoRAGuide, "lora": LoRAGuide}
+ALL_METHODS = (*METHODS, *PEFT_METHODS)
 OPTIMIZERS = ("adamw", "clipped_adam")
 
 
@@ -71,8 +79,9 @@ class TrainConfig:
         A task of :data:`monteclora_pyro.data.TASKS`.
     data_dir : str or None
         Local data directory (else ``$MONTECLORA_DATA``, else the hub).
-    method : {"monteclora", "lora"}
-        The guide: MonteCLoRAGuide or LoRAGuide, on the same loop.
+    method : {"monteclora", "lora", "peft-lora", "peft-monteclora"}
+        Our Pyro model with MonteCLoRAGuide or LoRAGuide, or PEFT's LoRA or MonteCLoRA
+        (:mod:`monteclora_pyro.baselines`, needs the ``peft`` extra), all on the same loop.
     epochs : int
         Passes over the training set, unless ``max_steps`` is set.
     max_steps : int or None
@@ -150,23 +159,27 @@ class TrainConfig:
             fail("warmup_ratio", "it must lie in [0, 1)")
         if not self.max_grad_norm > 0:
             fail("max_grad_norm", "it must be > 0")
-        if self.method not in METHODS:
-            fail("method", f"allowed values are {', '.join(map(repr, METHODS))}")
+        if self.method not in ALL_METHODS:
+            fail("method", f"allowed values are {', '.join(map(repr, ALL_METHODS))}")
         if self.optimizer not in OPTIMIZERS:
             fail("optimizer", f"allowed values are {', '.join(map(repr, OPTIMIZERS))}")
         get_task_spec(self.task)
 
 
-def save_run_config(run_dir: Path, train_cfg: TrainConfig, model_cfg: MonteCLoRAConfig) -> None:
-    """Write ``config.json``: the training and the MonteCLoRA configuration."""
-    text = (
-        json.dumps(
-            {"train": dataclasses.asdict(train_cfg), "monteclora": model_cfg.to_dict()},
-            indent=2,
-            sort_keys=True,
-        )
-        + "\n"
-    )
+def save_run_config(
+    run_dir: Path,
+    train_cfg: TrainConfig,
+    model_cfg: MonteCLoRAConfig,
+    peft: dict | None = None,
+) -> None:
+    """Write ``config.json``: the training and the MonteCLoRA configuration.
+
+    A PEFT baseline also stores PEFT's ``LoraConfig`` under ``"peft"``.
+    """
+    data = {"train": dataclasses.asdict(train_cfg), "monteclora": model_cfg.to_dict()}
+    if peft is not None:
+        data["peft"] = peft
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
     atomic_write_text(run_dir / RUN_CONFIG, text)
 
 
@@ -189,6 +202,60 @@ def _differences(saved: dict, current: dict) -> list[str]:
         for k in keys
         if saved.get(k) != current.get(k)
     ]
+
+
+class PyroMethod:
+    """Our Pyro model with a MonteCLoRA or LoRA guide, behind the training loop's interface.
+
+    The other implementation of this interface is :class:`monteclora_pyro.baselines.PeftMethod`.
+    """
+
+    def __init__(
+        self, method: str, hf_model: nn.Module, model_cfg: MonteCLoRAConfig, num_data: int
+    ):
+        self.model = MonteCLoRAModel(hf_model, model_cfg, num_data=num_data)
+        self.guide = METHODS[method](self.model)
+        self.params = [p for _, p in self.model.trainable_parameters()]
+        self.params += list(self.guide.parameters())
+
+    @property
+    def network(self) -> nn.Module:
+        """The module whose train/eval mode switches dropout."""
+        return self.model.hf_model
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The negative ELBO of a batch and its terms, per training example."""
+        loss, terms = elbo_terms(self.model, self.guide, **batch)
+        n = self.model.num_data
+        return loss / n, {k: v / n for k, v in terms.items()}
+
+    def predict(self, loader, num_samples: int, seed: int, progress: bool = False) -> Predictions:
+        """Both prediction modes; a LoRA guide has a single draw."""
+        samples = num_samples if isinstance(self.guide, MonteCLoRAGuide) else 1
+        return predict(self.model, self.guide, loader, samples, seed=seed, progress=progress)
+
+    def state(self) -> dict:
+        """Point estimates and variational parameters, for checkpoints."""
+        return {
+            "model": {n: p.detach().clone() for n, p in self.model.trainable_parameters()},
+            "guide": self.guide.state_dict(),
+        }
+
+    def load_state(self, state: dict, path: Path) -> None:
+        """Restore :meth:`state`, refusing a checkpoint of other parameters."""
+        restore_parameters(dict(self.model.trainable_parameters()), state["model"], path)
+        self.guide.load_state_dict(state["guide"])
+
+    def save(self, run_dir: Path, num_samples: int, seed: int) -> None:
+        """Write the adapter, and posterior and prior draws of the latent sites."""
+        save_adapter(run_dir, self.model, self.guide)
+        if isinstance(self.guide, MonteCLoRAGuide):
+            save_latent_samples(
+                run_dir / POSTERIOR_SAMPLES_FILE, draw_guide(self.guide, num_samples, seed)
+            )
+            save_latent_samples(
+                run_dir / PRIOR_SAMPLES_FILE, draw_prior(self.model, num_samples, seed + 1)
+            )
 
 
 class Trainer:
@@ -238,10 +305,13 @@ class Trainer:
         )
         self.collator = make_collator(self.tokenizer)
         self.train_set, self.eval_set = tokenized["train"], tokenized["eval"]
-        self.model = MonteCLoRAModel(hf_model, model_config, num_data=len(self.train_set))
-        self.guide = METHODS[config.method](self.model)
-        self.params = [p for _, p in self.model.trainable_parameters()]
-        self.params += list(self.guide.parameters())
+        if config.method in PEFT_METHODS:
+            self.adapter = PeftMethod(config.method, hf_model, model_config)
+            self.model, self.guide = self.adapter.model, None
+        else:
+            self.adapter = PyroMethod(config.method, hf_model, model_config, len(self.train_set))
+            self.model, self.guide = self.adapter.model, self.adapter.guide
+        self.params = self.adapter.params
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.optimizer = self._optimizer()
@@ -277,7 +347,8 @@ class Trainer:
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / HISTORY_FILE).write_text("")
-        save_run_config(self.run_dir, self.cfg, self.model_cfg)
+        peft = self.adapter.config_dict() if isinstance(self.adapter, PeftMethod) else None
+        save_run_config(self.run_dir, self.cfg, self.model_cfg, peft=peft)
 
     def save_checkpoint(self) -> None:
         """Atomically write the full training state."""
@@ -285,8 +356,7 @@ class Trainer:
             "step": self.step,
             "train_config": dataclasses.asdict(self.cfg),
             "model_config": self.model_cfg.to_dict(),
-            "model": {n: p.detach().clone() for n, p in self.model.trainable_parameters()},
-            "guide": self.guide.state_dict(),
+            **self.adapter.state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
@@ -314,15 +384,7 @@ class Trainer:
                     f"({'; '.join(diffs)}); resume with the same options, or choose another "
                     "--output-dir"
                 )
-            named = dict(self.model.trainable_parameters())
-            if set(named) != set(state["model"]) or any(
-                named[k].shape != v.shape for k, v in state["model"].items()
-            ):
-                raise ValueError(f"checkpoint {path} does not match the model's parameters")
-            with torch.no_grad():
-                for name, value in state["model"].items():
-                    named[name].copy_(value)
-            self.guide.load_state_dict(state["guide"])
+            self.adapter.load_state(state, path)
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"])
@@ -361,8 +423,7 @@ class Trainer:
     def train(self, resume: bool = False) -> dict:
         """Run (or resume) the loop, then evaluate and write the final artefacts."""
         self.prepare_run_dir(resume)
-        n = len(self.train_set)
-        self.model.hf_model.train()
+        self.adapter.network.train()
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -372,8 +433,8 @@ class Trainer:
         )
         for epoch, batch in self._batches():
             try:
-                loss, terms = elbo_terms(self.model, self.guide, **batch)
-                (loss / n).backward()
+                loss, terms = self.adapter.loss(batch)
+                loss.backward()
                 torch.nn.utils.clip_grad_norm_(
                     self.params, self.cfg.max_grad_norm, error_if_nonfinite=True
                 )
@@ -399,9 +460,9 @@ class Trainer:
                 "step": self.step,
                 "epoch": epoch,
                 "lr": lr,
-                "loss": loss.item() / n,
+                "loss": loss.item(),
             }
-            record.update({k: v.item() / n for k, v in terms.items()})
+            record.update({k: v.item() for k, v in terms.items()})
             self._log(record)
             bar.update(1)
             bar.set_postfix(
@@ -410,7 +471,7 @@ class Trainer:
             )
             if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
                 metrics = self.evaluate(epoch)
-                self.model.hf_model.train()
+                self.adapter.network.train()
                 self._log({"kind": "eval", "step": self.step, "epoch": epoch, **metrics})
                 self.save_checkpoint()
             elif self.step % self.cfg.checkpoint_every == 0:
@@ -437,27 +498,14 @@ class Trainer:
         loader = make_loader(
             self.eval_set, self.collator, self.cfg.batch_size, shuffle=False, seed=0
         )
-        samples = self.cfg.num_samples if self.cfg.method == "monteclora" else 1
-        return predict(
-            self.model, self.guide, loader, samples, seed=self.cfg.seed, progress=self.progress
-        )
+        return self.adapter.predict(loader, self.cfg.num_samples, self.cfg.seed, self.progress)
 
     def finish(self) -> dict:
         """Write the adapter, metrics and predictions of the finished run."""
         if not hasattr(self, "predictions"):
             self.evaluate()
-        save_adapter(self.run_dir, self.model, self.guide)
+        self.adapter.save(self.run_dir, self.cfg.num_samples, self.cfg.seed)
         self.predictions.save(self.run_dir / PREDICTIONS_FILE)
-        if isinstance(self.guide, MonteCLoRAGuide):
-            samples = self.cfg.num_samples
-            save_latent_samples(
-                self.run_dir / POSTERIOR_SAMPLES_FILE,
-                draw_guide(self.guide, samples, self.cfg.seed),
-            )
-            save_latent_samples(
-                self.run_dir / PRIOR_SAMPLES_FILE,
-                draw_prior(self.model, samples, self.cfg.seed + 1),
-            )
         metrics = {
             "task": self.spec.name,
             "split": self.cfg.eval_split,
@@ -483,12 +531,17 @@ def train(
     return Trainer(config, model_config, progress=progress).train(resume=resume)
 
 
-def load_run(run_dir: str | Path) -> tuple[MonteCLoRAModel, nn.Module, object, TrainConfig]:
-    """Rebuild the trained model, guide and tokenizer of a finished run."""
+def load_run(run_dir: str | Path) -> tuple[nn.Module, nn.Module | None, object, TrainConfig]:
+    """Rebuild the trained model, guide and tokenizer of a finished run.
+
+    For a PEFT baseline the model is PEFT's model and the guide is ``None``.
+    """
     run_dir = Path(run_dir)
     train_cfg, _ = load_run_config(run_dir)
     spec = get_task_spec(train_cfg.task)
     hf_model, tokenizer, _ = load_backbone(train_cfg.model, spec.num_labels, spec.label_names)
+    if train_cfg.method in PEFT_METHODS:
+        return load_peft_run(run_dir, hf_model), None, tokenizer, train_cfg
     model, guide = load_adapter(run_dir, hf_model)
     return model, guide, tokenizer, train_cfg
 
@@ -513,12 +566,13 @@ def evaluate_run(
     model, guide, tokenizer, cfg = load_run(run_dir)
     task_name = task or cfg.task
     spec = get_task_spec(task_name)
-    if spec.num_labels != model.num_labels:
+    trained = get_task_spec(cfg.task)
+    trained_names = trained.label_names
+    if spec.num_labels != trained.num_labels:
         raise ValueError(
             f"task {spec.name} has {spec.num_labels} labels {list(spec.label_names)}, but the "
-            f"run in {run_dir} was trained on {cfg.task} with {model.num_labels}"
+            f"run in {run_dir} was trained on {cfg.task} with {trained.num_labels}"
         )
-    trained_names = get_task_spec(cfg.task).label_names
     if spec.label_names != trained_names:
         logger.warning(
             "label names differ: %s (run) vs %s (%s); ids are matched by position",
@@ -542,14 +596,17 @@ def evaluate_run(
         dataset, make_collator(tokenizer), batch_size or cfg.batch_size, shuffle=False, seed=0
     )
     samples = num_samples or cfg.num_samples
-    predictions = predict(
-        model,
-        guide,
-        loader,
-        samples if cfg.method == "monteclora" else 1,
-        seed=cfg.seed,
-        progress=progress,
-    )
+    if guide is None:
+        predictions = predict_deterministic(model, loader, progress)
+    else:
+        predictions = predict(
+            model,
+            guide,
+            loader,
+            samples if cfg.method == "monteclora" else 1,
+            seed=cfg.seed,
+            progress=progress,
+        )
     out = run_dir / "evaluations" / f"{spec.name}-{split}"
     out.mkdir(parents=True, exist_ok=True)
     predictions.save(out / PREDICTIONS_FILE)

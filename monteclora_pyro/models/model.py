@@ -199,6 +199,8 @@ class MonteCLoRAModel(PyroModule):
         finally:
             for path in deltas:
                 self.adapters[path].delta = None
+        if isinstance(out, torch.Tensor):
+            return out
         return out.logits if hasattr(out, "logits") else out[0]
 
     def _check_labels(self, labels: torch.Tensor | None, batch: int) -> None:

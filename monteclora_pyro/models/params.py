@@ -1,10 +1,12 @@
-"""Registration of module parameters with Pyro's param store."""
+"""Registration of module parameters with Pyro's param store, and their restoration."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import pyro
+import torch
 from torch import nn
 
 
@@ -19,3 +21,14 @@ def register_params(named: Iterable[tuple[str, nn.Parameter]]) -> None:
         if name in store and store[name] is not value:
             store[name] = value
         pyro.param(name, value)
+
+
+def restore_parameters(
+    named: dict[str, nn.Parameter], saved: dict[str, torch.Tensor], source: str | Path
+) -> None:
+    """Copy ``saved`` into the parameters ``named``, refusing other names or shapes."""
+    if set(saved) != set(named) or any(named[k].shape != v.shape for k, v in saved.items()):
+        raise ValueError(f"checkpoint {source} does not match the model's parameters")
+    with torch.no_grad():
+        for name, value in saved.items():
+            named[name].copy_(value)
