@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike, NDArray
 
 from monteclora_pyro.analysis import metrics
+from monteclora_pyro.analysis.inference_data import HYPERPRIOR_KINDS, TERMS
 
 __all__ = [
     "KINDS",
@@ -36,16 +37,8 @@ __all__ = [
     "short_layer_names",
 ]
 
-KINDS = ("covariance", "concentration", "weights")
-TERM_ORDER = (
-    "loss",
-    "nll",
-    "kl_covariance",
-    "kl_concentration",
-    "kl_weights",
-    "kl_noise",
-    "cooperative",
-)
+KINDS = HYPERPRIOR_KINDS
+TERM_ORDER = TERMS
 _NOT_TERMS = ("step", "epoch", "lr", "kind", "chain")
 _SUMMARY_LABELS = {
     "covariance": "trace of Σ",
