@@ -15,6 +15,7 @@ from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.files import atomic_write, atomic_write_text
 from monteclora_pyro.guides import LoRAGuide, MonteCLoRAGuide
 from monteclora_pyro.models import MonteCLoRAModel
+from monteclora_pyro.models.params import restore_parameters
 
 ADAPTER_FILE = "adapter_model.safetensors"
 GUIDE_FILE = "guide_params.safetensors"
@@ -36,28 +37,6 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{path} is not a readable safetensors file (corrupt?): {err}") from err
-
-
-def load_into(named: Iterable[tuple[str, nn.Parameter]], tensors: dict, source: Path) -> None:
-    """Copy ``tensors`` into the named parameters, checking names and shapes first."""
-    named = dict(named)
-    missing = sorted(set(named) - set(tensors))
-    unexpected = sorted(set(tensors) - set(named))
-    if missing or unexpected:
-        raise ValueError(
-            f"{source} does not match the model: missing {missing[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-            f"{'...' if len(unexpected) > 5 else ''}"
-        )
-    for name, param in named.items():
-        if tensors[name].shape != param.shape:
-            raise ValueError(
-                f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
-                f"the model expects {tuple(param.shape)}"
-            )
-    with torch.no_grad():
-        for name, param in named.items():
-            param.copy_(tensors[name])
 
 
 def save_adapter(
@@ -107,7 +86,7 @@ def load_adapter(
             f"{directory} adapts {meta['target_paths']}, but this model resolves the targets to "
             f"{list(model.adapters)}: is it the same architecture?"
         )
-    load_into(
+    restore_parameters(
         model.trainable_parameters(),
         read_tensors(directory / ADAPTER_FILE),
         directory / ADAPTER_FILE,
@@ -119,7 +98,7 @@ def load_adapter(
         raise ValueError(f"{meta_path}: unknown guide {guide_name!r}; known: {sorted(GUIDES)}")
     guide = GUIDES[guide_name](model)
     if isinstance(guide, MonteCLoRAGuide):
-        load_into(
+        restore_parameters(
             guide.named_variational_parameters(),
             read_tensors(directory / GUIDE_FILE),
             directory / GUIDE_FILE,

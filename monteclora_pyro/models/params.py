@@ -24,11 +24,24 @@ def register_params(named: Iterable[tuple[str, nn.Parameter]]) -> None:
 
 
 def restore_parameters(
-    named: dict[str, nn.Parameter], saved: dict[str, torch.Tensor], source: str | Path
+    named: Iterable[tuple[str, nn.Parameter]] | dict, tensors: dict, source: str | Path
 ) -> None:
-    """Copy ``saved`` into the parameters ``named``, refusing other names or shapes."""
-    if set(saved) != set(named) or any(named[k].shape != v.shape for k, v in saved.items()):
-        raise ValueError(f"checkpoint {source} does not match the model's parameters")
+    """Copy ``tensors`` into the named parameters, checking names and shapes first."""
+    named = dict(named)
+    missing = sorted(set(named) - set(tensors))
+    unexpected = sorted(set(tensors) - set(named))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source} does not match the model: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{'...' if len(unexpected) > 5 else ''}"
+        )
+    for name, param in named.items():
+        if tensors[name].shape != param.shape:
+            raise ValueError(
+                f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
+                f"the model expects {tuple(param.shape)}"
+            )
     with torch.no_grad():
-        for name, value in saved.items():
-            named[name].copy_(value)
+        for name, param in named.items():
+            param.copy_(tensors[name])
