@@ -271,6 +271,13 @@ def _histograms(
 # ------------------------------------------------------------------------- posteriors
 
 
+def _posterior_and_prior(idata: az.InferenceData, kind: str) -> tuple[dict, dict]:
+    post = layer_sites(idata, kind, "posterior")
+    if not post:
+        raise ValueError(f"idata has no posterior '*.{kind}' variables")
+    return post, layer_sites(idata, kind, "prior")
+
+
 def plot_prior_posterior(
     idata: az.InferenceData, kind: str, max_panels: int = 12, bins: int = 40
 ) -> Figure:
@@ -297,10 +304,7 @@ def plot_prior_posterior(
     -------
     matplotlib.figure.Figure
     """
-    post = layer_sites(idata, kind, "posterior")
-    if not post:
-        raise ValueError(f"idata has no posterior '*.{kind}' variables")
-    prior = layer_sites(idata, kind, "prior")
+    post, prior = _posterior_and_prior(idata, kind)
     first = next(iter(post.values()))
     names = list(_quantities(first, kind))
     per_layer = len(post) * len(names) <= max_panels
@@ -429,10 +433,7 @@ def plot_forest_layers(
     -------
     matplotlib.figure.Figure
     """
-    post = layer_sites(idata, kind, "posterior")
-    if not post:
-        raise ValueError(f"idata has no posterior '*.{kind}' variables")
-    prior = layer_sites(idata, kind, "prior")
+    post, prior = _posterior_and_prior(idata, kind)
     layers = list(post)
     n_chains = max(int(da.sizes.get("chain", 1)) for da in post.values())
     fig = Figure(
