@@ -224,8 +224,13 @@ class PyroMethod:
         return self.model.hf_model
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The negative ELBO of a batch and its terms, per training example."""
-        loss, terms = elbo_terms(self.model, self.guide, **batch)
+        """The negative ELBO of a batch and its terms, per training example.
+
+        Pyro's and torch's argument and support checks are off here: they cost a few per cent of
+        a step, and the loop checks the loss, logits and gradients for non-finite values itself.
+        """
+        with pyro.validation_enabled(False):
+            loss, terms = elbo_terms(self.model, self.guide, **batch)
         n = self.model.num_data
         return loss / n, {k: v / n for k, v in terms.items()}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -226,4 +227,33 @@ def test_ray_backend_runs_the_same_cells_with_the_same_results(toy_assets, tmp_p
         metrics = tmp_path / backend / "lora-lr0.01-bs32-s0" / "metrics.json"
         results[backend] = json.loads(metrics.read_text())
     assert tune.resources == [{"cpu": 1}] and tune.concurrency == 1
+    assert results["ray"] == results["local"]
+
+
+def test_real_ray_tune_runs_the_same_cells_with_the_same_results(toy_assets, tmp_path):
+    """The same check with Ray Tune itself: a local Ray cluster runs two trials."""
+    pytest.importorskip("ray.tune", reason="Ray Tune is an optional extra (monteclora-pyro[ray])")
+    import ray
+
+    model_dir, data_dir = toy_assets
+    base = TrainConfig(
+        model=str(model_dir), task="sst2", data_dir=str(data_dir), max_steps=2, max_eval_examples=16
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = {}
+        for backend in ("local", "ray"):
+            cells = sweep.grid(base, ["lora", "monteclora"], [1e-2], [32], [0], tmp_path / backend)
+            records = sweep.run_sweep(
+                cells, MonteCLoRAConfig(r=2), backend=backend, workers=2, threads=1
+            )
+            assert sorted(r["status"] for r in records) == ["finished", "finished"]
+            results[backend] = {
+                Path(c.output_dir).name: json.loads(
+                    (Path(c.output_dir) / "metrics.json").read_text()
+                )
+                for c in cells
+            }
+    finally:
+        ray.shutdown()
     assert results["ray"] == results["local"]

@@ -1,14 +1,21 @@
 """Pyro models: the MonteCLoRA priors and likelihood over LoRA adapters."""
 
-from monteclora_pyro.models.distributions import Wishart, kl_wishart_wishart
+from monteclora_pyro.models.distributions import (
+    IIDMultivariateNormal,
+    Wishart,
+    kl_iid_mvn,
+    kl_wishart_wishart,
+)
 from monteclora_pyro.models.layer import MonteCLoRALinear
 from monteclora_pyro.models.model import SITES, MonteCLoRAModel, site_name
 
 __all__ = [
     "SITES",
+    "IIDMultivariateNormal",
     "MonteCLoRALinear",
     "MonteCLoRAModel",
     "Wishart",
+    "kl_iid_mvn",
     "kl_wishart_wishart",
     "site_name",
 ]

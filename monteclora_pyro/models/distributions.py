@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from typing import ClassVar
+
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
 from torch.distributions import register_kl
 
 _EMPTY = torch.Size()
@@ -33,6 +37,83 @@ class Wishart(dist.Wishart):
         lower = torch.randn(shape, dtype=df.dtype, device=df.device).tril(-1)
         factor = self._unbroadcasted_scale_tril @ (lower + torch.diag_embed(chi2.sqrt()))
         return _repair(factor @ factor.mT, self.max_repairs)
+
+
+class IIDMultivariateNormal(dist.TorchDistribution):
+    """Zero-mean rows drawn independently from one N(0, L Lᵀ), as a single event.
+
+    The event has shape ``rows + (r,)``. It equals
+    ``MultivariateNormal(0, scale_tril=L).expand(rows).to_event(len(rows))``, but samples with
+    one matrix product and computes its log density and its KL to another such distribution
+    from the single (r, r) factor instead of once per row.
+
+    Parameters
+    ----------
+    scale_tril : torch.Tensor
+        The lower Cholesky factor L, of shape (r, r).
+    rows : tuple of int
+        The shape of the array of rows, e.g. ``(K, d_in)``.
+    """
+
+    arg_constraints: ClassVar[dict] = {"scale_tril": constraints.lower_cholesky}
+    has_rsample = True
+
+    def __init__(self, scale_tril: torch.Tensor, rows: tuple[int, ...], validate_args=None):
+        if scale_tril.dim() != 2 or scale_tril.shape[0] != scale_tril.shape[1]:
+            raise ValueError(f"scale_tril must be a square matrix, got {tuple(scale_tril.shape)}")
+        self.scale_tril = scale_tril
+        self.rows = torch.Size(rows)
+        event_shape = self.rows + scale_tril.shape[-1:]
+        super().__init__(torch.Size(), event_shape, validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=False)
+    def support(self) -> constraints.Constraint:
+        return constraints.independent(constraints.real, len(self.event_shape))
+
+    @property
+    def num_rows(self) -> int:
+        return self.rows.numel()
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.scale_tril.new_zeros(self.event_shape)
+
+    @property
+    def covariance_matrix(self) -> torch.Tensor:
+        """Σ = L Lᵀ, shared by every row."""
+        return self.scale_tril @ self.scale_tril.mT
+
+    def rsample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn(shape, dtype=self.scale_tril.dtype, device=self.scale_tril.device)
+        return eps @ self.scale_tril.mT
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        r = self.scale_tril.shape[-1]
+        # Each row v becomes L⁻¹v: solve X Lᵀ = V for the rows V.
+        white = torch.linalg.solve_triangular(self.scale_tril.mT, value, upper=True, left=False)
+        maha = white.pow(2).flatten(-len(self.event_shape)).sum(-1)
+        return -0.5 * maha - self.num_rows * (_half_logdet(self.scale_tril) + r / 2 * _LOG_2PI)
+
+    def entropy(self) -> torch.Tensor:
+        r = self.scale_tril.shape[-1]
+        return self.num_rows * (_half_logdet(self.scale_tril) + r / 2 * (1 + _LOG_2PI))
+
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@register_kl(IIDMultivariateNormal, IIDMultivariateNormal)
+def kl_iid_mvn(q: IIDMultivariateNormal, p: IIDMultivariateNormal) -> torch.Tensor:
+    """KL(q ‖ p): the number of rows times ½(tr(Σ_p⁻¹ Σ_q) - r + log|Σ_p| - log|Σ_q|)."""
+    if q.event_shape != p.event_shape:
+        raise ValueError(f"event shapes differ: {q.event_shape} and {p.event_shape}")
+    r = q.scale_tril.shape[-1]
+    trace = torch.linalg.solve_triangular(p.scale_tril, q.scale_tril, upper=False).pow(2).sum()
+    per_row = 0.5 * (trace - r) + _half_logdet(p.scale_tril) - _half_logdet(q.scale_tril)
+    return q.num_rows * per_row
 
 
 def _repair(sample: torch.Tensor, attempts: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from monteclora_pyro.config import MonteCLoRAConfig
-from monteclora_pyro.models.distributions import Wishart
+from monteclora_pyro.models.distributions import IIDMultivariateNormal, Wishart
 from monteclora_pyro.models.layer import (
     MonteCLoRALinear,
     default_modules_to_save,
@@ -304,9 +304,7 @@ def noise_distribution(
         return dist.Normal(torch.zeros_like(scale), scale).expand((k, in_features, r)).to_event(3)
     eye = torch.eye(r, dtype=covariance.dtype, device=covariance.device)
     scale_tril = torch.linalg.cholesky(covariance + jitter * eye)
-    loc = torch.zeros(r, dtype=covariance.dtype, device=covariance.device)
-    mvn = dist.MultivariateNormal(loc, scale_tril=scale_tril)
-    return mvn.expand((k, in_features)).to_event(2)
+    return IIDMultivariateNormal(scale_tril, (k, in_features))
 
 
 def perturbation(

@@ -21,7 +21,7 @@ from monteclora_pyro import (
     MonteCLoRAModel,
     elbo_terms,
 )
-from monteclora_pyro.models import Wishart
+from monteclora_pyro.models import IIDMultivariateNormal, Wishart
 from monteclora_pyro.models.model import perturbation
 
 LABELS = torch.tensor([0, 1, 1, 0])
@@ -48,7 +48,7 @@ def _expected_type(name, cfg):
         return dist.Gamma, dist.Gamma
     if site == "weights":
         return dist.Dirichlet, dist.Dirichlet
-    base = dist.MultivariateNormal if cfg.covariance == "full" else dist.Normal
+    base = IIDMultivariateNormal if cfg.covariance == "full" else dist.Normal
     return base, base
 
 

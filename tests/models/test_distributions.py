@@ -15,7 +15,7 @@ from torch.distributions.kl import _dispatch_kl
 
 from monteclora_pyro import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from monteclora_pyro.guides.lora import PinnedDelta
-from monteclora_pyro.models import Wishart, kl_wishart_wishart
+from monteclora_pyro.models import IIDMultivariateNormal, Wishart, kl_wishart_wishart
 from monteclora_pyro.models.model import noise_distribution
 
 DOUBLE = torch.float64
@@ -311,3 +311,49 @@ def test_noise_kl_matches_monte_carlo(covariance):
         sigma = torch.diag(sigma)
     per_row = 0.5 * (torch.trace(sigma) - 3 - torch.logdet(sigma))
     torch.testing.assert_close(kl, 2 * in_features * per_row)
+
+
+# --------------------------------------------------------------------------------------------
+# IIDMultivariateNormal (the noise rows under a full covariance)
+# --------------------------------------------------------------------------------------------
+
+
+def _expanded_mvn(tril: torch.Tensor, rows: tuple[int, ...]) -> dist.Distribution:
+    loc = torch.zeros(tril.shape[-1], dtype=tril.dtype)
+    return dist.MultivariateNormal(loc, scale_tril=tril).expand(rows).to_event(len(rows))
+
+
+def test_iid_mvn_equals_the_expanded_multivariate_normal():
+    g = torch.Generator().manual_seed(11)
+    tril_q, tril_p = _random_tril(3, g), _random_tril(3, g)
+    rows = (2, 5)
+    q, p = IIDMultivariateNormal(tril_q, rows), IIDMultivariateNormal(tril_p, rows)
+    q_ref, p_ref = _expanded_mvn(tril_q, rows), _expanded_mvn(tril_p, rows)
+    assert q.event_shape == q_ref.event_shape == (2, 5, 3) and q.batch_shape == ()
+    value = torch.randn(4, 2, 5, 3, generator=g, dtype=DOUBLE)
+    torch.testing.assert_close(q.log_prob(value), q_ref.log_prob(value))
+    torch.testing.assert_close(q.entropy(), q_ref.entropy())
+    torch.testing.assert_close(kl_divergence(q, p), kl_divergence(q_ref, p_ref))
+    torch.manual_seed(3)
+    draw = q.rsample((4,))
+    torch.manual_seed(3)
+    torch.testing.assert_close(draw, q_ref.rsample((4,)))
+
+
+def test_iid_mvn_rows_have_covariance_l_lt():
+    g = torch.Generator().manual_seed(12)
+    tril = _random_tril(3, g)
+    rows = 4000
+    torch.manual_seed(13)
+    x = IIDMultivariateNormal(tril, (rows,)).rsample()
+    cov = x.mT @ x / rows
+    sigma = tril @ tril.mT
+    # Var of a sample covariance entry: (Σ_ij² + Σ_ii Σ_jj) / n.
+    se = ((sigma.pow(2) + sigma.diagonal()[:, None] * sigma.diagonal()[None, :]) / rows).sqrt()
+    _assert_within(cov, sigma, se)
+    assert (x.mean(0).abs() <= 5 * (sigma.diagonal() / rows).sqrt()).all()
+
+
+def test_iid_mvn_rejects_a_non_square_factor():
+    with pytest.raises(ValueError, match="square"):
+        IIDMultivariateNormal(torch.ones(2, 3), (4,))
