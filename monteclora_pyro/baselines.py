@@ -165,14 +165,16 @@ def predict_deterministic(
     was_training = model.training
     model.eval()
     labels, probs = [], []
+    device = next(model.parameters()).device  # a GPU in data-parallel runs
     try:
         for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
             batch = dict(batch)
             labels.append(batch.pop("labels"))
+            batch = {k: v.to(device) for k, v in batch.items()}
             probs.append(model(**batch).logits.softmax(-1))
     finally:
         model.train(was_training)
-    mean = torch.cat(probs).double().numpy()
+    mean = torch.cat(probs).double().cpu().numpy()
     return Predictions(
         labels=torch.cat(labels).numpy(), mean_probs=mean, draw_probs=np.expand_dims(mean, 0)
     )

@@ -1,4 +1,4 @@
-"""The ``monteclora`` command: train, evaluate, analyze, sweep, sweep-report and demo."""
+"""The ``monteclora`` command: train, evaluate, export, analyze, sweep, sweep-report and demo."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from monteclora_pyro.analysis.report import format_summary, summary_tables, writ
 from monteclora_pyro.baselines import PEFT_METHODS
 from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS, TASKS
+from monteclora_pyro.distributed import is_main_process
 from monteclora_pyro.evaluation import MODES
+from monteclora_pyro.peft_interop import export_peft_adapter
 from monteclora_pyro.results import write_results
 from monteclora_pyro.training import (
     ALL_METHODS,
@@ -121,6 +123,13 @@ def _train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None
     )
     add("--output-dir", default=None, help="run directory (default: runs/TASK-METHOD-sSEED)")
     add("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    add(
+        "--from-peft",
+        default=None,
+        metavar="ADAPTER_DIR",
+        help="post-hoc MonteCLoRA: start from this PEFT LoRA adapter (its r, lora_alpha, "
+        "targets and head), keep μ, B and the head frozen and train only the guide",
+    )
     group = parser.add_argument_group("MonteCLoRA model (see DESIGN.md §6)")
     m = MonteCLoRAConfig()
     for field in dataclasses.fields(MonteCLoRAConfig):
@@ -184,8 +193,9 @@ def _format_table(rows: dict[str, dict]) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     train_cfg, model_cfg = _configs(args)
     metrics = train(train_cfg, model_cfg, resume=args.resume, progress=not args.quiet)
-    print(_format_table({train_cfg.method: metrics}))
-    print(f"run directory: {train_cfg.output_dir}")
+    if is_main_process():  # under accelerate launch / torchrun, rank 0 reports
+        print(_format_table({train_cfg.method: metrics}))
+        print(f"run directory: {train_cfg.output_dir}")
     return 0
 
 
@@ -242,6 +252,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(_format_table({f"{metrics['task']}/{metrics['split']}": metrics}))
     out = Path(args.run_dir) / "evaluations" / f"{metrics['task']}-{metrics['split']}"
     print(f"written to {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    out = export_peft_adapter(args.run_dir, args.peft, overwrite=args.overwrite)
+    print(f"PEFT LoRA adapter (posterior mean) written to {out}")
     return 0
 
 
@@ -406,6 +422,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-eval-examples", type=int, default=None, help="use the first N examples")
     p.add_argument("--batch-size", type=int, default=None, help="(default: the run's)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="write a run's posterior-mean adapter in PEFT's format")
+    p.add_argument("run_dir", help="a finished monteclora or lora run directory")
+    p.add_argument(
+        "--peft",
+        required=True,
+        metavar="OUT_DIR",
+        help="new PEFT LoRA adapter directory (load it with peft.PeftModel.from_pretrained)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("analyze", help="posterior analysis, plots and an HTML report of runs")
     p.add_argument(

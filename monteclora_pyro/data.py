@@ -4,11 +4,14 @@ Supported tasks are the GLUE tasks (cola, sst2, mrpc, rte, qnli, qqp, mnli, stsb
 SuperGLUE tasks boolq and wic, and four sentiment domains built from the human-rated sentences
 shipped in the ``vaderSentiment==3.2.1`` source distribution (Hutto & Gilbert, ICWSM 2014):
 ``movie-reviews`` (the default task, split 80/10/10) and the shifted domains ``tweets``,
-``amazon`` and ``nyt`` (a single ``test`` split each).
+``amazon`` and ``nyt`` (a single ``test`` split each). Two small sets shipped with the
+package are for causal language models (:mod:`monteclora_pyro.causal_data`):
+``mc-commonsense`` (multiple choice) and ``tiny-instruct`` (prompt/response pairs).
 
-Every task loads into the same canonical form: a :class:`Task` whose splits are
+Every classification task loads into the same canonical form: a :class:`Task` whose splits are
 :class:`datasets.Dataset` objects with columns ``text_a``, optionally ``text_b``, and ``label``
-(``int64`` class ids, ``float32`` for regression).
+(``int64`` class ids, ``float32`` for regression). Multiple-choice tasks have columns
+``question``, ``choices`` and ``label``; next-token tasks ``prompt`` and ``response``.
 """
 
 from __future__ import annotations
@@ -121,6 +124,13 @@ class TaskSpec:
         word of WiC).
     score_range : tuple of float or None
         Allowed closed range of regression scores.
+    kind : {"classification", "multiple_choice", "next_token"}
+        The likelihood the task needs (:mod:`monteclora_pyro.models.likelihood`). For
+        multiple choice ``num_labels`` is the largest number of choices of a question.
+    packaged : bool
+        The data ship inside the package (``monteclora_pyro/resources/``, the files of
+        ``layout.split_files``); ``data_dir`` is not consulted. A multiple-choice or next-token
+        task that is not packaged reads the same JSONL format from ``data_dir/layout.folder``.
     """
 
     name: str
@@ -134,6 +144,8 @@ class TaskSpec:
     hub_splits: tuple[tuple[str, str], ...] = (("train", "train"), ("validation", "validation"))
     prefix_field: str | None = None
     score_range: tuple[float, float] | None = None
+    kind: str = "classification"
+    packaged: bool = False
 
 
 @dataclass
@@ -394,6 +406,38 @@ TASKS: dict[str, TaskSpec] = {
         _vader_spec("tweets", "tweets_GroundTruth.txt"),
         _vader_spec("amazon", "amazonReviewSnippets_GroundTruth.txt"),
         _vader_spec("nyt", "nytEditorialSnippets_GroundTruth.txt"),
+        TaskSpec(
+            name="mc-commonsense",
+            text_fields=("question",),
+            num_labels=4,
+            label_names=("A", "B", "C", "D"),
+            metrics=(),
+            is_regression=False,
+            kind="multiple_choice",
+            packaged=True,
+            layout=LocalLayout(
+                folder="resources",
+                file_format="jsonl",
+                split_files=(("all", "mc_commonsense.jsonl"),),
+                columns=(("question", "question"), ("choices", "choices"), ("label", "label")),
+            ),
+        ),
+        TaskSpec(
+            name="tiny-instruct",
+            text_fields=("prompt", "response"),
+            num_labels=0,
+            label_names=(),
+            metrics=(),
+            is_regression=False,
+            kind="next_token",
+            packaged=True,
+            layout=LocalLayout(
+                folder="resources",
+                file_format="jsonl",
+                split_files=(("all", "tiny_instruct.jsonl"),),
+                columns=(("prompt", "prompt"), ("response", "response")),
+            ),
+        ),
     )
 }
 
@@ -406,6 +450,22 @@ def _alias_key(name: str) -> str:
 
 
 _ALIASES = {_alias_key(name): name for name in TASKS}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add ``spec`` to :data:`TASKS`, e.g. a multiple-choice set converted to JSONL.
+
+    Raises
+    ------
+    ValueError
+        If another task of the same name (or alias) is registered.
+    """
+    existing = _ALIASES.get(_alias_key(spec.name))
+    if existing is not None and TASKS[existing] != spec:
+        raise ValueError(f"a different task named {existing!r} is already registered")
+    TASKS[spec.name] = spec
+    _ALIASES[_alias_key(spec.name)] = spec.name
+    return spec
 
 
 def get_task_spec(name: str) -> TaskSpec:
@@ -449,7 +509,11 @@ def load_task(
     """
     spec = get_task_spec(name)
     root = data_dir if data_dir is not None else os.environ.get(DATA_ENV) or None
-    if spec.hub_id is None:
+    if spec.packaged or spec.kind != "classification":
+        from monteclora_pyro.causal_data import load_causal_splits
+
+        splits = load_causal_splits(spec, root)
+    elif spec.hub_id is None:
         archive = Path(root) / VADER_ARCHIVE if root is not None else None
         if archive is None or not archive.is_file():
             archive = fetch_vader_archive()
@@ -827,8 +891,13 @@ def tokenize_task(
     -------
     dict of str to datasets.Dataset
         Splits with the tokenizer's outputs (``input_ids``, ``attention_mask`` and
-        ``token_type_ids`` when produced) and ``labels``.
+        ``token_type_ids`` when produced) and ``labels``. Multiple-choice and next-token tasks
+        are tokenized by :func:`monteclora_pyro.causal_data.tokenize_causal_task`.
     """
+    if task.spec.kind != "classification":
+        from monteclora_pyro.causal_data import tokenize_causal_task
+
+        return tokenize_causal_task(task, tokenizer, max_length)
 
     def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
         pair = (batch["text_b"],) if "text_b" in batch else ()
@@ -844,8 +913,16 @@ def tokenize_task(
     }
 
 
-def make_collator(tokenizer: PreTrainedTokenizerBase) -> Collator:
-    """Return a collator padding each batch to its longest sequence, as torch tensors."""
+def make_collator(tokenizer: PreTrainedTokenizerBase, spec: TaskSpec | None = None) -> Collator:
+    """Return a collator padding each batch to its longest sequence, as torch tensors.
+
+    With the ``spec`` of a multiple-choice or next-token task, the collator of
+    :func:`monteclora_pyro.causal_data.make_causal_collator`.
+    """
+    if spec is not None and spec.kind != "classification":
+        from monteclora_pyro.causal_data import make_causal_collator
+
+        return make_causal_collator(tokenizer, spec)
     return DataCollatorWithPadding(tokenizer, padding="longest", return_tensors="pt")
 
 

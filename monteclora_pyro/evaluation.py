@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from monteclora_pyro.analysis.metrics import classification_report
 from monteclora_pyro.files import atomic_write
 from monteclora_pyro.guides import MonteCLoRAGuide
 from monteclora_pyro.models import MonteCLoRAModel
+from monteclora_pyro.models.likelihood import response_log_probs
 
 MODES = ("posterior_mean", "posterior_predictive")
 REPORT_METRICS = ("mcc", "f1")
@@ -128,16 +130,20 @@ def predict(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples={num_samples} is invalid: it must be >= 1")
+    if getattr(model, "likelihood", "classification") == "next_token":
+        raise ValueError("a next-token model has no class probabilities: use token_metrics")
     was_training = model.hf_model.training
     model.hf_model.eval()
     deltas = []
     if isinstance(guide, MonteCLoRAGuide):
         deltas = [model.perturbations(d) for d in draw_guide(guide, num_samples, seed)]
     labels, mean_probs, draw_probs = [], [], []
+    device = next(model.hf_model.parameters()).device  # a GPU in data-parallel runs
     try:
         for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
             batch = dict(batch)
             labels.append(batch.pop("labels"))
+            batch = {k: v.to(device) for k, v in batch.items()}
             mean = model.logits(**batch).softmax(-1)
             mean_probs.append(mean)
             if deltas:
@@ -150,8 +156,8 @@ def predict(
         model.hf_model.train(was_training)
     return Predictions(
         labels=torch.cat(labels).numpy(),
-        mean_probs=torch.cat(mean_probs).double().numpy(),
-        draw_probs=torch.cat(draw_probs, dim=1).double().numpy(),
+        mean_probs=torch.cat(mean_probs).double().cpu().numpy(),
+        draw_probs=torch.cat(draw_probs, dim=1).double().cpu().numpy(),
     )
 
 
@@ -170,3 +176,54 @@ def prediction_metrics(predictions: Predictions, extra: tuple[str, ...] = ()) ->
 
 def _normalise(probs: np.ndarray) -> np.ndarray:
     return probs / probs.sum(-1, keepdims=True)
+
+
+@torch.no_grad()
+def token_metrics(
+    model: MonteCLoRAModel,
+    guide: nn.Module,
+    loader: DataLoader,
+    num_samples: int = 16,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Per-token NLL and perplexity of held-out responses, for a next-token model.
+
+    Only response tokens count (``labels != -100``). The posterior mean uses A = μ; the
+    posterior predictive averages each token's probability over S guide draws, taken once
+    from their own seeded stream as in :func:`predict` (a LoRA guide has none: both modes
+    agree).
+
+    Returns
+    -------
+    dict
+        ``{"posterior_mean": {...}, "posterior_predictive": {...}}``, each with ``nll`` (mean
+        over tokens, natural log), ``perplexity`` (``exp(nll)``) and ``num_tokens``.
+    """
+    if getattr(model, "likelihood", None) != "next_token":
+        raise ValueError("token_metrics needs a MonteCLoRAModel with likelihood='next_token'")
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} is invalid: it must be >= 1")
+    was_training = model.hf_model.training
+    model.hf_model.eval()
+    deltas = []
+    if isinstance(guide, MonteCLoRAGuide):
+        deltas = [model.perturbations(d) for d in draw_guide(guide, num_samples, seed)]
+    mean_lp, draw_lp = [], []
+    try:
+        for batch in tqdm(loader, desc="token metrics", disable=not progress, leave=False):
+            batch = dict(batch)
+            labels = batch.pop("labels")
+            mean_lp.append(response_log_probs(model.logits(**batch), labels).double())
+            draws = [response_log_probs(model.logits(**batch, deltas=d), labels) for d in deltas]
+            draw_lp.append(torch.stack(draws).double() if draws else mean_lp[-1][None])
+    finally:
+        model.hf_model.train(was_training)
+    mean = torch.cat(mean_lp)
+    draws = torch.cat(draw_lp, dim=1)
+    predictive = draws.logsumexp(0) - math.log(draws.shape[0])
+    out = {}
+    for mode, log_probs in zip(MODES, (mean, predictive), strict=True):
+        nll = float(-log_probs.mean())
+        out[mode] = {"nll": nll, "perplexity": math.exp(nll), "num_tokens": int(log_probs.numel())}
+    return out

@@ -57,12 +57,24 @@ def save_adapter(
     meta = {
         "num_data": model.num_data,
         "num_labels": model.num_labels,
+        "likelihood": model.likelihood,
         "guide": None if guide is None else type(guide).__name__,
         "target_paths": list(model.adapters),
         "modules_to_save": model.head_names,
     }
     atomic_write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
     return directory
+
+
+def read_meta(directory: str | Path) -> dict:
+    """The ``adapter_meta.json`` of an adapter directory written by :func:`save_adapter`."""
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"missing file {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
 
 
 def load_adapter(
@@ -73,14 +85,10 @@ def load_adapter(
     if not directory.is_dir():
         raise FileNotFoundError(f"no adapter directory at {directory}")
     config = MonteCLoRAConfig.load(directory)
-    meta_path = directory / META_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"missing file {meta_path}")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{meta_path} is not valid JSON: {err}") from err
-    model = MonteCLoRAModel(hf_model, config, num_data=meta["num_data"])
+    meta = read_meta(directory)
+    # Adapters saved before the causal likelihoods existed are classifiers.
+    likelihood = meta.get("likelihood", "classification")
+    model = MonteCLoRAModel(hf_model, config, num_data=meta["num_data"], likelihood=likelihood)
     if list(model.adapters) != meta["target_paths"]:
         raise ValueError(
             f"{directory} adapts {meta['target_paths']}, but this model resolves the targets to "
@@ -95,7 +103,9 @@ def load_adapter(
     if guide_name is None:
         return model, None
     if guide_name not in GUIDES:
-        raise ValueError(f"{meta_path}: unknown guide {guide_name!r}; known: {sorted(GUIDES)}")
+        raise ValueError(
+            f"{directory / META_FILE}: unknown guide {guide_name!r}; known: {sorted(GUIDES)}"
+        )
     guide = GUIDES[guide_name](model)
     if isinstance(guide, MonteCLoRAGuide):
         restore_parameters(

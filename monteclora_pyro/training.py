@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from pyro.optim.clipped_adam import ClippedAdam
 from torch import nn
 from tqdm.auto import tqdm
 
+from monteclora_pyro import distributed
 from monteclora_pyro.backbones import DEFAULT_MODEL, load_backbone
 from monteclora_pyro.baselines import (
     PEFT_METHODS,
@@ -48,6 +50,7 @@ from monteclora_pyro.io import load_adapter, save_adapter
 from monteclora_pyro.models import MonteCLoRAModel
 from monteclora_pyro.models.layer import default_modules_to_save
 from monteclora_pyro.models.params import restore_parameters
+from monteclora_pyro.peft_interop import load_peft_adapter, monteclora_config_from_peft
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +88,8 @@ class TrainConfig:
     epochs : int
         Passes over the training set, unless ``max_steps`` is set.
     max_steps : int or None
-        Total optimisation steps; overrides ``epochs``.
+        Total optimisation steps; overrides ``epochs``. 0 only evaluates the untrained adapter,
+        which equals the backbone (B = 0): the "before" of a fine-tune.
     batch_size : int
         Training and evaluation batch size.
     lr : float
@@ -112,6 +116,10 @@ class TrainConfig:
         Steps between checkpoints (one is also written at every epoch end).
     output_dir : str
         The run directory.
+    from_peft : str or None
+        A PEFT LoRA adapter directory to start from (post-hoc MonteCLoRA, ``method`` must be
+        ``"monteclora"``): μ, B and the saved head come from the adapter and stay frozen; only
+        the guide trains. See :mod:`monteclora_pyro.peft_interop`.
     """
 
     model: str = DEFAULT_MODEL
@@ -134,6 +142,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     output_dir: str = "runs/monteclora"
+    from_peft: str | None = None
 
     def __post_init__(self) -> None:
         def fail(name: str, allowed: str) -> None:
@@ -145,10 +154,11 @@ class TrainConfig:
                 fail(name, "it must be an integer >= 1")
         for name in ("max_steps", "max_train_examples", "max_eval_examples"):
             value = getattr(self, name)
+            least = 0 if name == "max_steps" else 1
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
+                isinstance(value, bool) or not isinstance(value, int) or value < least
             ):
-                fail(name, "it must be an integer >= 1, or None")
+                fail(name, f"it must be an integer >= {least}, or None")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             fail("seed", "it must be an integer >= 0")
         if not self.lr > 0 or not math.isfinite(self.lr):
@@ -163,7 +173,23 @@ class TrainConfig:
             fail("method", f"allowed values are {', '.join(map(repr, ALL_METHODS))}")
         if self.optimizer not in OPTIMIZERS:
             fail("optimizer", f"allowed values are {', '.join(map(repr, OPTIMIZERS))}")
-        get_task_spec(self.task)
+        if isinstance(self.from_peft, os.PathLike):
+            self.from_peft = os.fspath(self.from_peft)
+        if self.from_peft is not None:
+            if not isinstance(self.from_peft, str) or not self.from_peft:
+                fail("from_peft", "it must be a PEFT adapter directory, or None")
+            if self.method != "monteclora":
+                fail("method", "post-hoc training from a PEFT adapter (from_peft) needs it")
+        spec = get_task_spec(self.task)
+        if spec.kind == "next_token":
+            fail(
+                "task",
+                "next-token tasks are trained with the Python API (MonteCLoRAModel with "
+                "likelihood='next_token', see the README); the Trainer runs classification and "
+                "multiple-choice tasks",
+            )
+        if spec.kind != "classification" and self.method in PEFT_METHODS:
+            fail("method", f"the PEFT baselines run classification tasks only, not {spec.kind}")
 
 
 def save_run_config(
@@ -211,11 +237,19 @@ class PyroMethod:
     """
 
     def __init__(
-        self, method: str, hf_model: nn.Module, model_cfg: MonteCLoRAConfig, num_data: int
+        self,
+        method: str,
+        hf_model: nn.Module,
+        model_cfg: MonteCLoRAConfig,
+        num_data: int,
+        from_peft: str | None = None,
+        likelihood: str | None = None,
     ):
-        self.model = MonteCLoRAModel(hf_model, model_cfg, num_data=num_data)
+        self.model = MonteCLoRAModel(hf_model, model_cfg, num_data=num_data, likelihood=likelihood)
+        if from_peft is not None:  # post-hoc: μ, B and the head frozen at the adapter's
+            load_peft_adapter(self.model, from_peft, freeze=True)
         self.guide = METHODS[method](self.model)
-        self.params = [p for _, p in self.model.trainable_parameters()]
+        self.params = [p for _, p in self.model.trainable_parameters() if p.requires_grad]
         self.params += list(self.guide.parameters())
 
     @property
@@ -274,7 +308,10 @@ class Trainer:
         progress: bool = True,
     ):
         self.cfg = config
-        self.progress = progress
+        # Several processes (accelerate launch / torchrun): see monteclora_pyro.distributed.
+        self.parallel = distributed.from_environment(config.seed)
+        self.is_main = self.parallel is None or self.parallel.is_main
+        self.progress = progress and self.is_main
         self.run_dir = Path(config.output_dir)
         pyro.set_rng_seed(config.seed)
         task = load_task(config.task, config.data_dir)
@@ -288,11 +325,16 @@ class Trainer:
             raise ValueError(
                 f"task {self.spec.name} has no training split; it can only be used for evaluation"
             )
+        causal = self.spec.kind != "classification"
         hf_model, self.tokenizer, new_modules = load_backbone(
-            config.model, self.spec.num_labels, self.spec.label_names
+            config.model, self.spec.num_labels, self.spec.label_names, causal=causal
         )
         model_config = MonteCLoRAConfig() if model_config is None else model_config
-        if model_config.modules_to_save is None:
+        if config.from_peft is not None:
+            model_config = monteclora_config_from_peft(
+                config.from_peft, hf_model, model_config, new_modules=new_modules
+            )
+        if model_config.modules_to_save is None and not causal:  # a causal LM trains no head
             heads = default_modules_to_save(hf_model)
             extra = [
                 m for m in new_modules if not any(m == h or m.startswith(h + ".") for h in heads)
@@ -308,17 +350,30 @@ class Trainer:
         tokenized = tokenize_task(
             dataclasses.replace(task, splits=needed), self.tokenizer, config.max_length
         )
-        self.collator = make_collator(self.tokenizer)
+        self.collator = make_collator(self.tokenizer, self.spec)
         self.train_set, self.eval_set = tokenized["train"], tokenized["eval"]
         if config.method in PEFT_METHODS:
             self.adapter = PeftMethod(config.method, hf_model, model_config)
             self.model, self.guide = self.adapter.model, None
         else:
-            self.adapter = PyroMethod(config.method, hf_model, model_config, len(self.train_set))
+            self.adapter = PyroMethod(
+                config.method,
+                hf_model,
+                model_config,
+                len(self.train_set),
+                config.from_peft,
+                likelihood=self.spec.kind,
+            )
             self.model, self.guide = self.adapter.model, self.adapter.guide
+        if self.parallel is not None:
+            self.parallel.place(self.adapter)
         self.params = self.adapter.params
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
-        self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
+        self.total_steps = (
+            config.max_steps
+            if config.max_steps is not None
+            else config.epochs * self.steps_per_epoch
+        )
         self.optimizer = self._optimizer()
         warmup = int(config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -355,9 +410,9 @@ class Trainer:
         peft = self.adapter.config_dict() if isinstance(self.adapter, PeftMethod) else None
         save_run_config(self.run_dir, self.cfg, self.model_cfg, peft=peft)
 
-    def save_checkpoint(self) -> None:
-        """Atomically write the full training state."""
-        state = {
+    def training_state(self) -> dict:
+        """The full training state: what a checkpoint holds."""
+        return {
             "step": self.step,
             "train_config": dataclasses.asdict(self.cfg),
             "model_config": self.model_cfg.to_dict(),
@@ -366,6 +421,20 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
         }
+
+    def restore_state(self, state: dict, source) -> None:
+        """Restore :meth:`training_state` (configurations not checked)."""
+        self.adapter.load_state(state, source)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    def save_checkpoint(self) -> None:
+        """Atomically write the full training state (rank 0 only when data-parallel)."""
+        if not self.is_main:
+            return
+        state = self.training_state()
         atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self) -> None:
@@ -389,11 +458,7 @@ class Trainer:
                     f"({'; '.join(diffs)}); resume with the same options, or choose another "
                     "--output-dir"
                 )
-            self.adapter.load_state(state, path)
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"])
-            self.step = int(state["step"])
+            self.restore_state(state, path)
         except (KeyError, RuntimeError) as err:
             raise ValueError(f"checkpoint {path} is incomplete or mismatched: {err}") from err
         self._truncate_history()
@@ -406,6 +471,8 @@ class Trainer:
         atomic_write(path, lambda tmp: tmp.write_text("".join(f"{k}\n" for k in kept)))
 
     def _log(self, record: dict) -> None:
+        if not self.is_main:
+            return
         with (self.run_dir / HISTORY_FILE).open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -427,7 +494,10 @@ class Trainer:
 
     def train(self, resume: bool = False) -> dict:
         """Run (or resume) the loop, then evaluate and write the final artefacts."""
-        self.prepare_run_dir(resume)
+        if self.parallel is None:
+            self.prepare_run_dir(resume)
+        else:
+            self.parallel.prepare_run_dir(self, resume)
         self.adapter.network.train()
         bar = tqdm(
             total=self.total_steps,
@@ -438,8 +508,13 @@ class Trainer:
         )
         for epoch, batch in self._batches():
             try:
-                loss, terms = self.adapter.loss(batch)
-                loss.backward()
+                if self.parallel is None:
+                    loss, terms = self.adapter.loss(batch)
+                    loss.backward()
+                else:
+                    loss, terms = self.parallel.loss(self.adapter, batch, self.step)
+                    loss.backward()
+                    self.parallel.all_reduce_gradients(self.params)
                 torch.nn.utils.clip_grad_norm_(
                     self.params, self.cfg.max_grad_norm, error_if_nonfinite=True
                 )
@@ -509,8 +584,9 @@ class Trainer:
         """Write the adapter, metrics and predictions of the finished run."""
         if not hasattr(self, "predictions"):
             self.evaluate()
-        self.adapter.save(self.run_dir, self.cfg.num_samples, self.cfg.seed)
-        self.predictions.save(self.run_dir / PREDICTIONS_FILE)
+        if self.is_main:
+            self.adapter.save(self.run_dir, self.cfg.num_samples, self.cfg.seed)
+            self.predictions.save(self.run_dir / PREDICTIONS_FILE)
         metrics = {
             "task": self.spec.name,
             "split": self.cfg.eval_split,
@@ -520,8 +596,9 @@ class Trainer:
             "steps": self.step,
             **prediction_metrics(self.predictions, self.spec.metrics),
         }
-        text = json.dumps(metrics, indent=2) + "\n"
-        atomic_write_text(self.run_dir / METRICS_FILE, text)
+        if self.is_main:
+            text = json.dumps(metrics, indent=2) + "\n"
+            atomic_write_text(self.run_dir / METRICS_FILE, text)
         return metrics
 
 
@@ -544,7 +621,9 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, nn.Module | None, object, 
     run_dir = Path(run_dir)
     train_cfg, _ = load_run_config(run_dir)
     spec = get_task_spec(train_cfg.task)
-    hf_model, tokenizer, _ = load_backbone(train_cfg.model, spec.num_labels, spec.label_names)
+    hf_model, tokenizer, _ = load_backbone(
+        train_cfg.model, spec.num_labels, spec.label_names, causal=spec.kind != "classification"
+    )
     if train_cfg.method in PEFT_METHODS:
         return load_peft_run(run_dir, hf_model), None, tokenizer, train_cfg
     model, guide = load_adapter(run_dir, hf_model)
@@ -598,7 +677,7 @@ def evaluate_run(
         dataclasses.replace(loaded, splits={split: raw}), tokenizer, cfg.max_length
     )[split]
     loader = make_loader(
-        dataset, make_collator(tokenizer), batch_size or cfg.batch_size, shuffle=False, seed=0
+        dataset, make_collator(tokenizer, spec), batch_size or cfg.batch_size, shuffle=False, seed=0
     )
     samples = num_samples or cfg.num_samples
     if guide is None:

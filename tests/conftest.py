@@ -115,3 +115,38 @@ def write_tiny_backbone(directory, hidden: int = 32, seed: int = 0):
 def toy_assets(tmp_path):
     """(model directory, data directory) for end-to-end training on a tiny model."""
     return write_tiny_backbone(tmp_path / "tiny-bert"), write_toy_sst2(tmp_path / "glue")
+
+
+def tiny_causal_lm(vocab_size: int = VOCAB, hidden: int = 32, seed: int = 0):
+    """A two-layer ``LlamaForCausalLM`` (untied head), in eval mode, seeded."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=2 * hidden,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def word_tokenizer(words: list[str]):
+    """A whitespace/punctuation word-level fast tokenizer: ids 0 pad, 1 eos, 2 unk, then words."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[EOS]": 1, "[UNK]": 2}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]"
+    )

