@@ -76,13 +76,14 @@ def make_batch(vocab: int, batch_size: int, length: int) -> dict:
     }
 
 
-def step(adapter, optimizer, batch) -> float:
-    start = time.perf_counter()
+def step(adapter, optimizer, batch) -> tuple[float, float]:
+    """One training step; returns its wall time and this process's CPU time, in seconds."""
+    start, cpu = time.perf_counter(), time.process_time()
     loss, _ = adapter.loss(batch)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def saved_bytes(adapter, batch) -> int:
@@ -169,23 +170,29 @@ def main() -> None:
         for _ in range(3):
             step(adapter, optimizer, batch)
     times: dict[str, list[float]] = {m: [] for m in METHODS}
+    cpu: dict[str, list[float]] = {m: [] for m in METHODS}
     for i in range(args.steps):
         order = METHODS if i % 2 == 0 else METHODS[::-1]
         for m in order:
-            times[m].append(step(*runs[m], batch))
+            wall, used = step(*runs[m], batch)
+            times[m].append(wall)
+            cpu[m].append(used)
     saved = {m: saved_bytes(runs[m][0], batch) for m in METHODS}
     median = {m: statistics.median(v) for m, v in times.items()}
     print(
         f"backbone {'tiny BERT' if args.tiny else 'MiniLM-L6'}, batch {args.batch_size}, "
         f"length {args.length}, {args.threads} thread(s), {args.steps} interleaved steps each"
     )
-    print(f"{'method':<17}{'median ms':>10}{'IQR ms':>16}{'trainable':>12}{'saved MiB':>11}")
+    print(
+        f"{'method':<17}{'median ms':>10}{'IQR ms':>16}{'CPU ms':>8}{'trainable':>12}"
+        f"{'saved MiB':>11}"
+    )
     for m in METHODS:
         q = statistics.quantiles(times[m], n=4)
         trainable = sum(p.numel() for p in runs[m][0].params)
         print(
             f"{m:<17}{1000 * median[m]:>10.1f}{1000 * q[0]:>8.1f}-{1000 * q[2]:<7.1f}"
-            f"{trainable:>12}{saved[m] / 2**20:>11.2f}"
+            f"{1000 * statistics.median(cpu[m]):>8.1f}{trainable:>12}{saved[m] / 2**20:>11.2f}"
         )
     rss = None if args.no_rss else peak_rss(args)
     if rss:
@@ -200,9 +207,9 @@ def main() -> None:
                 f"{r['peak'] / 1024:>11.1f}{(r['peak'] - r['imports']) / 1024:>16.1f}"
             )
 
-    def paired(a: str, b: str) -> str:
+    def paired(a: str, b: str, clock: dict = times) -> str:
         """Median of step-by-step ratios (neighbouring steps share the machine's load)."""
-        ratios = [x / y for x, y in zip(times[a], times[b], strict=True)]
+        ratios = [x / y for x, y in zip(clock[a], clock[b], strict=True)]
         q = statistics.quantiles(ratios, n=4)
         return f"{statistics.median(ratios):.3f} (paired; IQR {q[0]:.3f}-{q[2]:.3f})"
 
@@ -211,6 +218,10 @@ def main() -> None:
     print(f"paired     monteclora / peft-monteclora: {paired('monteclora', 'peft-monteclora')}")
     print(f"paired     peft-monteclora / peft-lora:  {paired('peft-monteclora', 'peft-lora')}")
     print(f"paired     lora / peft-lora:             {paired('lora', 'peft-lora')}")
+    print(f"CPU time   monteclora / lora:            {paired('monteclora', 'lora', cpu)}")
+    print(
+        f"CPU time   monteclora / peft-monteclora: {paired('monteclora', 'peft-monteclora', cpu)}"
+    )
     print(f"step time  monteclora / lora:            {median['monteclora'] / median['lora']:.3f}")
     print(
         f"step time  monteclora / peft-monteclora: "
