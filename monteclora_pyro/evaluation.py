@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,16 +74,22 @@ def draw_guide(guide: nn.Module, num_samples: int, seed: int) -> list[dict[str, 
 
     The same ``(num_samples, seed)`` always gives the same draws, whatever the global RNG state.
     """
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+    with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices(guide)):
         torch.manual_seed(seed)
         return [guide() for _ in range(num_samples)]
+
+
+def _cuda_devices(module: nn.Module) -> list[int]:
+    """CUDA devices holding ``module``'s parameters or buffers, whose streams a draw uses."""
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    return sorted({t.device.index for t in tensors if t.is_cuda})
 
 
 def draw_prior(
     model: MonteCLoRAModel, num_samples: int, seed: int
 ) -> list[dict[str, torch.Tensor]]:
     """``num_samples`` draws of every latent site from the model's priors."""
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+    with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices(model)):
         torch.manual_seed(seed)
         draws = []
         for _ in range(num_samples):
@@ -210,15 +217,18 @@ def token_metrics(
     if isinstance(guide, MonteCLoRAGuide):
         deltas = [model.perturbations(d) for d in draw_guide(guide, num_samples, seed)]
     mean_lp, draw_lp = [], []
+    device = next(model.hf_model.parameters()).device
     try:
         for batch in tqdm(loader, desc="token metrics", disable=not progress, leave=False):
-            batch = dict(batch)
+            batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels")
             mean_lp.append(response_log_probs(model.logits(**batch), labels).double())
             draws = [response_log_probs(model.logits(**batch, deltas=d), labels) for d in deltas]
             draw_lp.append(torch.stack(draws).double() if draws else mean_lp[-1][None])
     finally:
         model.hf_model.train(was_training)
+    if not mean_lp:
+        raise ValueError("token_metrics got an empty loader: there are no held-out responses")
     mean = torch.cat(mean_lp)
     draws = torch.cat(draw_lp, dim=1)
     predictive = draws.logsumexp(0) - math.log(draws.shape[0])

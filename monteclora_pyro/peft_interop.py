@@ -72,7 +72,11 @@ UNSUPPORTED = {
     "lora_ga_config": "LoRA-GA (changes the base weights)",
     "eva_config": "EVA initialisation",
 }
-_UNSET = (None, False, "none", {}, [])
+
+
+def _is_unset(value) -> bool:
+    """Whether a PEFT config field holds its "off" value (0 is a real layer index, not off)."""
+    return value is None or value is False or value in ("none", {}, [])
 
 
 def peft_key(name: str, target_paths: list[str]) -> str:
@@ -113,7 +117,7 @@ def read_peft_config(adapter_dir: str | Path) -> dict:
         found = config.get("peft_type") if isinstance(config, dict) else config
         raise ValueError(f"{path}: peft_type={found!r}; only 'LORA' adapters are supported")
     for field, meaning in UNSUPPORTED.items():
-        if config.get(field) not in _UNSET:
+        if not _is_unset(config.get(field)):
             raise ValueError(
                 f"{path}: {field}={config[field]!r} ({meaning}) is not supported: MonteCLoRA "
                 f"adapts W0 + (lora_alpha / r)·B·A exactly, so {field} must be unset"

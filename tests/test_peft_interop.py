@@ -221,6 +221,7 @@ def test_export_refuses_what_is_not_a_finished_run_of_ours(tmp_path, monkeypatch
         ("peft_type", "IA3", "only 'LORA'"),
         ("init_lora_weights", "pissa", "init_lora_weights='pissa'"),
         ("r", 0, "r=0 is invalid"),
+        ("layers_to_transform", 0, "layers_to_transform=0"),
     ],
 )
 def test_reading_an_adapter_refuses_what_monteclora_cannot_express(tmp_path, field, value, message):

@@ -324,6 +324,14 @@ def test_svi_learns_a_learnable_multiple_choice_set():
 # --- evaluation and saving ---------------------------------------------------------------------
 
 
+def test_token_metrics_refuse_an_empty_loader():
+    model = MonteCLoRAModel(
+        tiny_causal_lm(), MonteCLoRAConfig(r=2), num_data=4, likelihood="next_token"
+    )
+    with pytest.raises(ValueError, match="empty loader"):
+        token_metrics(model, MonteCLoRAGuide(model), DataLoader([], batch_size=None), num_samples=2)
+
+
 def test_token_metrics_match_cross_entropy():
     model = MonteCLoRAModel(
         tiny_causal_lm(),
