@@ -122,6 +122,12 @@ def _train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None
         help="steps between checkpoints (default: %(default)s)",
     )
     add("--output-dir", default=None, help="run directory (default: runs/TASK-METHOD-sSEED)")
+    add(
+        "--device",
+        default=d.device,
+        help="torch device of a one-process run: cpu, cuda, cuda:N or mps (default: "
+        "%(default)s); a data-parallel launch uses its own devices",
+    )
     add("--resume", action="store_true", help="continue from the run directory's checkpoint")
     add(
         "--from-peft",

@@ -186,12 +186,7 @@ class DataParallel:
 
     def place(self, adapter) -> None:
         """Move the adapter's network (and guide) to this process's device."""
-        if self.device.type == "cpu":
-            return
-        adapter.network.to(self.device)
-        guide = getattr(adapter, "guide", None)
-        if guide is not None:
-            guide.to(self.device)
+        place(adapter, self.device)
 
     def prepare_run_dir(self, trainer, resume: bool) -> None:
         """Rank 0 prepares (or resumes) the run directory; every process gets its state."""
@@ -316,6 +311,16 @@ class DataParallel:
 def _to(value, device: torch.device):
     """A detached ``value`` on ``device`` if it is a tensor, else ``value``."""
     return value.detach().to(device) if isinstance(value, torch.Tensor) else value
+
+
+def place(adapter, device: torch.device) -> None:
+    """Move an adapter's network and guide (if any) to ``device``."""
+    if device.type == "cpu":
+        return
+    adapter.network.to(device)
+    guide = getattr(adapter, "guide", None)
+    if guide is not None:
+        guide.to(device)
 
 
 def _to_cpu(obj):

@@ -116,6 +116,10 @@ class TrainConfig:
         Steps between checkpoints (one is also written at every epoch end).
     output_dir : str
         The run directory.
+    device : str
+        Torch device of a one-process run: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``. A
+        data-parallel run (see :mod:`monteclora_pyro.distributed`) uses the launcher's devices.
+        Not part of the run's identity: a run can resume on another device.
     from_peft : str or None
         A PEFT LoRA adapter directory to start from (post-hoc MonteCLoRA, ``method`` must be
         ``"monteclora"``): μ, B and the saved head come from the adapter and stay frozen; only
@@ -142,6 +146,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     output_dir: str = "runs/monteclora"
+    device: str = "cpu"
     from_peft: str | None = None
 
     def __post_init__(self) -> None:
@@ -173,6 +178,10 @@ class TrainConfig:
             fail("method", f"allowed values are {', '.join(map(repr, ALL_METHODS))}")
         if self.optimizer not in OPTIMIZERS:
             fail("optimizer", f"allowed values are {', '.join(map(repr, OPTIMIZERS))}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            fail("device", "it must be a torch device such as 'cpu', 'cuda', 'cuda:1' or 'mps'")
         if isinstance(self.from_peft, os.PathLike):
             self.from_peft = os.fspath(self.from_peft)
         if self.from_peft is not None:
@@ -367,6 +376,10 @@ class Trainer:
             self.model, self.guide = self.adapter.model, self.adapter.guide
         if self.parallel is not None:
             self.parallel.place(self.adapter)
+            self.device = self.parallel.device
+        else:
+            self.device = resolve_device(config.device)
+            distributed.place(self.adapter, self.device)
         self.params = self.adapter.params
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         self.total_steps = (
@@ -453,7 +466,8 @@ class Trainer:
         try:
             current = {**dataclasses.asdict(self.cfg), **self.model_cfg.to_dict()}
             saved = {**state["train_config"], **state["model_config"]}
-            saved["output_dir"] = current["output_dir"]
+            for key in ("output_dir", "device"):
+                saved[key] = current[key]
             diffs = _differences(saved, current)
             if diffs:
                 raise ValueError(
@@ -512,6 +526,7 @@ class Trainer:
         for epoch, batch in self._batches():
             try:
                 if self.parallel is None:
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
                     loss, terms = self.adapter.loss(batch)
                     loss.backward()
                 else:
@@ -614,6 +629,25 @@ def train(
 ) -> dict:
     """Fine-tune as configured; returns the final metrics (also in ``metrics.json``)."""
     return Trainer(config, model_config, progress=progress).train(resume=resume)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device ``name``, refusing one this machine does not have."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ValueError(
+                f"TrainConfig.device={name!r} is invalid: this machine has {count} CUDA "
+                "device(s); use 'cpu'"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"TrainConfig.device={name!r} is invalid: MPS is not available; use 'cpu'")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(
+            f"TrainConfig.device={name!r} is invalid: the Trainer runs on 'cpu', 'cuda' or 'mps'"
+        )
+    return device
 
 
 def load_run(run_dir: str | Path) -> tuple[nn.Module, nn.Module | None, object, TrainConfig]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -219,6 +220,7 @@ def test_evaluating_on_a_task_with_another_label_set_fails(toy_assets, tmp_path)
         ("batch_size", 0, ">= 1"),
         ("optimizer", "sgd", "'adamw', 'clipped_adam'"),
         ("warmup_ratio", 1.0, "[0, 1)"),
+        ("device", "gpu0", "a torch device"),
     ],
 )
 def test_invalid_train_config(field, value, fragment):
@@ -231,3 +233,39 @@ def test_invalid_train_config(field, value, fragment):
         TrainConfig(**{field: value})
     with pytest.raises(ValueError, match="unknown task 'glue-9'|glue-9"):
         TrainConfig(task="glue-9")
+
+
+def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(toy_assets, tmp_path):
+    if torch.cuda.device_count() >= 8:
+        pytest.skip("this machine has a cuda:7")
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"TrainConfig.device='cuda:7' is invalid: .* CUDA"):
+        train(_config(toy_assets, out, epochs=1, device="cuda:7"), MonteCLoRAConfig(r=4))
+    assert not out.exists()
+
+
+def test_the_device_may_change_on_resume(toy_assets, tmp_path, monkeypatch):
+    """A checkpoint written on another device resumes here: the device is not compared."""
+    original = training.elbo_terms
+    calls = {"n": 0}
+
+    def dies_at_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Interrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "elbo_terms", dies_at_step_3)
+    out = tmp_path / "run"
+    cfg = _config(toy_assets, out, max_steps=4, checkpoint_every=2)
+    with pytest.raises(_Interrupt):
+        train(cfg, MonteCLoRAConfig(r=4), progress=False)
+    monkeypatch.setattr(training, "elbo_terms", original)
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["step"] == 2
+    checkpoint["train_config"]["device"] = "cuda"
+    torch.save(checkpoint, out / "checkpoint.pt")
+    with pytest.raises(ValueError, match="another configuration"):  # a real difference still is
+        train(dataclasses.replace(cfg, lr=cfg.lr * 2), MonteCLoRAConfig(r=4), resume=True)
+    metrics = train(cfg, MonteCLoRAConfig(r=4), resume=True, progress=False)
+    assert metrics["steps"] == 4
