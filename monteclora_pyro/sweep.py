@@ -123,7 +123,8 @@ def run_cell(train_cfg: dict, model_cfg: dict, threads: int | None = None) -> di
     run_dir = Path(cfg.output_dir)
     if is_finished(run_dir):
         return {"run_dir": str(run_dir), "status": "skipped", "seconds": 0.0}
-    resume = (run_dir / "checkpoint.pt").is_file()
+    # An interrupted cell resumes from its checkpoint, or starts afresh if it died before one.
+    resume = run_dir.exists()
     start = time.perf_counter()
     try:
         train(cfg, MonteCLoRAConfig.from_dict(model_cfg), resume=resume, progress=False)

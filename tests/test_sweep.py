@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -109,6 +110,26 @@ def test_diverged_cell_is_recorded_and_not_rerun(tmp_path, monkeypatch):
     assert "step 3" in json.loads((tmp_path / "cell" / "failed.json").read_text())["error"]
     assert sweep.is_finished(tmp_path / "cell")
     assert sweep.run_cell(cfg.__dict__, MonteCLoRAConfig().to_dict())["status"] == "skipped"
+
+
+def test_cell_killed_before_its_first_checkpoint_is_run_again(toy_assets, tmp_path):
+    model_dir, data_dir = toy_assets
+    cfg = TrainConfig(
+        model=str(model_dir),
+        task="sst2",
+        data_dir=str(data_dir),
+        max_steps=2,
+        max_eval_examples=16,
+        output_dir=str(tmp_path / "cell"),
+    )
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    (cell / "config.json").write_text("{}")  # what a cell killed at step 1 leaves behind
+    (cell / "history.jsonl").write_text('{"step": 1}\n')
+    record = sweep.run_cell(dataclasses.asdict(cfg), MonteCLoRAConfig(r=2).to_dict(), threads=1)
+    assert record["status"] == "finished"
+    assert json.loads((cell / "metrics.json").read_text())["steps"] == 2
+    assert len((cell / "history.jsonl").read_text().splitlines()) > 1
 
 
 def test_ray_backend_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
