@@ -21,7 +21,7 @@ from monteclora_pyro.analysis.inference_data import (
 from monteclora_pyro.analysis.report import format_summary, summary_tables, write_report
 from monteclora_pyro.baselines import PEFT_METHODS
 from monteclora_pyro.config import MonteCLoRAConfig
-from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS, TASKS
+from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS, TASKS, get_task_spec
 from monteclora_pyro.distributed import is_main_process
 from monteclora_pyro.evaluation import MODES
 from monteclora_pyro.peft_interop import export_peft_adapter
@@ -37,6 +37,7 @@ from monteclora_pyro.training import (
 )
 
 TABLE_METRICS = ("accuracy", "nll", "ece", "brier")
+TOKEN_TABLE_METRICS = ("nll", "perplexity")  # next-token runs: per response token
 _MODEL_FLAGS = {f.name for f in dataclasses.fields(MonteCLoRAConfig)}
 
 
@@ -187,11 +188,13 @@ def _configs(args: argparse.Namespace) -> tuple[TrainConfig, MonteCLoRAConfig]:
 
 
 def _format_table(rows: dict[str, dict]) -> str:
-    header = f"{'run':<14}{'mode':<22}" + "".join(f"{m:>10}" for m in TABLE_METRICS)
+    first = next(iter(rows.values()))[MODES[0]]
+    columns, width = (TABLE_METRICS, 10) if "accuracy" in first else (TOKEN_TABLE_METRICS, 12)
+    header = f"{'run':<14}{'mode':<22}" + "".join(f"{m:>{width}}" for m in columns)
     lines = [header, "-" * len(header)]
     for name, metrics in rows.items():
         for mode in MODES:
-            values = "".join(f"{metrics[mode][m]:>10.4f}" for m in TABLE_METRICS)
+            values = "".join(f"{metrics[mode][m]:>{width}.4f}" for m in columns)
             lines.append(f"{name:<14}{mode:<22}{values}")
     return "\n".join(lines)
 
@@ -323,7 +326,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     out = Path(args.output_dir) if args.output_dir else run_dirs[0] / "analysis"
     groups: dict[str, list[Path]] = {}
     for run_dir in run_dirs:
-        method = load_run_config(run_dir)[0].method
+        train_cfg = load_run_config(run_dir)[0]
+        method = train_cfg.method
+        if get_task_spec(train_cfg.task).kind == "next_token":
+            raise ValueError(
+                f"{run_dir} is a run of the next-token task {train_cfg.task}: `monteclora "
+                "analyze` needs class probabilities (predictions.npz), which next-token runs do "
+                "not write; their per-token NLL and perplexity are in its metrics.json and "
+                "history.jsonl, and its latent draws in posterior_samples.npz"
+            )
         if method in PEFT_METHODS:
             raise ValueError(
                 f"{run_dir} is a {method} run: PEFT's adapters have no posterior to analyse; "

@@ -22,6 +22,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from monteclora_pyro.config import MonteCLoRAConfig
+from monteclora_pyro.data import get_task_spec
 from monteclora_pyro.evaluation import MODES
 from monteclora_pyro.files import atomic_write_text
 from monteclora_pyro.training import (
@@ -64,7 +65,14 @@ def grid(
     so an interrupted sweep is balanced across methods. Every field other than method, lr,
     batch size, seed and output directory is taken from ``base``; a local model or data
     directory is made absolute.
+
+    Raises
+    ------
+    ValueError
+        If a list is empty or repeats a value, a method is unknown, or the task is a
+        next-token task (the summary compares accuracy, NLL and ECE of class probabilities).
     """
+    _refuse_next_token(base.task)
     for name, values in (
         ("methods", methods),
         ("lrs", lrs),
@@ -214,17 +222,30 @@ def _run_ray(jobs: list[tuple[dict, dict]], workers: int, threads: int) -> list[
     return records
 
 
+def _refuse_next_token(task: str, run_dir: Path | None = None) -> None:
+    spec = get_task_spec(task)
+    if spec.kind == "next_token":
+        where = f"{run_dir} is a run of" if run_dir is not None else "sweeps do not run"
+        raise ValueError(
+            f"{where} the next-token task {spec.name}: a sweep summarises accuracy, NLL and ECE "
+            "of class probabilities, which next-token runs do not have; train next-token runs "
+            "one by one with `monteclora train` and compare the nll and perplexity of their "
+            "metrics.json"
+        )
+
+
 def collect(output_dir: str | Path) -> list[dict]:
     """One record per cell directory under ``output_dir``: its settings and final metrics.
 
     Diverged cells (``failed.json``) have ``"failed": True`` and no metrics; unfinished cells
-    are left out.
+    are left out. A run of a next-token task is refused (``ValueError``).
     """
     records = []
     for run_dir in sorted(Path(output_dir).iterdir()):
         if not (run_dir / "config.json").is_file() or not is_finished(run_dir):
             continue
         cfg, _ = load_run_config(run_dir)
+        _refuse_next_token(cfg.task, run_dir)
         record = {
             "run_dir": run_dir.name,
             "method": cfg.method,

@@ -42,6 +42,7 @@ from monteclora_pyro.evaluation import (
     predict,
     prediction_metrics,
     save_latent_samples,
+    token_metrics,
 )
 from monteclora_pyro.files import atomic_write, atomic_write_text
 from monteclora_pyro.guides import LoRAGuide, MonteCLoRAGuide
@@ -190,13 +191,6 @@ class TrainConfig:
             if self.method != "monteclora":
                 fail("method", "post-hoc training from a PEFT adapter (from_peft) needs it")
         spec = get_task_spec(self.task)
-        if spec.kind == "next_token":
-            fail(
-                "task",
-                "next-token tasks are trained with the Python API (MonteCLoRAModel with "
-                "likelihood='next_token', see the README); the Trainer runs classification and "
-                "multiple-choice tasks",
-            )
         if spec.kind != "classification" and self.method in PEFT_METHODS:
             fail("method", f"the PEFT baselines run classification tasks only, not {spec.kind}")
 
@@ -277,10 +271,22 @@ class PyroMethod:
         n = self.model.num_data
         return loss / n, {k: v / n for k, v in terms.items()}
 
+    def num_draws(self, num_samples: int) -> int:
+        """Posterior draws of an evaluation: ``num_samples``, or 1 for a LoRA guide."""
+        return num_samples if isinstance(self.guide, MonteCLoRAGuide) else 1
+
     def predict(self, loader, num_samples: int, seed: int, progress: bool = False) -> Predictions:
         """Both prediction modes; a LoRA guide has a single draw."""
-        samples = num_samples if isinstance(self.guide, MonteCLoRAGuide) else 1
+        samples = self.num_draws(num_samples)
         return predict(self.model, self.guide, loader, samples, seed=seed, progress=progress)
+
+    def token_metrics(self, loader, num_samples: int, seed: int, progress: bool = False) -> dict:
+        """Per-token NLL and perplexity in both modes, for next-token tasks.
+
+        See :func:`monteclora_pyro.evaluation.token_metrics`; a LoRA guide has a single draw.
+        """
+        samples = self.num_draws(num_samples)
+        return token_metrics(self.model, self.guide, loader, samples, seed=seed, progress=progress)
 
     def state(self) -> dict:
         """Point estimates and variational parameters, for checkpoints."""
@@ -307,7 +313,11 @@ class PyroMethod:
 
 
 class Trainer:
-    """One fine-tuning run: data, model, guide, optimiser, checkpoints and evaluation."""
+    """One fine-tuning run: data, model, guide, optimiser, checkpoints and evaluation.
+
+    Classification, multiple-choice and next-token tasks run the same loop; they differ in the
+    likelihood of the model (the task's ``kind``) and in :meth:`evaluate`.
+    """
 
     def __init__(
         self,
@@ -393,6 +403,8 @@ class Trainer:
             self.optimizer, lambda s: _linear_schedule(s, warmup, self.total_steps)
         )
         self.step = 0
+        self.predictions: Predictions | None = None  # of the last evaluation (not next-token)
+        self.eval_metrics: dict | None = None  # of the last evaluation
 
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
@@ -578,41 +590,76 @@ class Trainer:
         return self.finish()
 
     def evaluate(self, epoch: int | None = None) -> dict:
-        """Metrics of both prediction modes on the evaluation split."""
-        self.predictions = self._predict()
-        metrics = prediction_metrics(self.predictions, self.spec.metrics)
-        mean, pred = metrics["posterior_mean"], metrics["posterior_predictive"]
-        logger.info(
-            "epoch %s: accuracy %.4f (mean) %.4f (predictive), nll %.4f / %.4f",
-            epoch,
-            mean["accuracy"],
-            pred["accuracy"],
-            mean["nll"],
-            pred["nll"],
-        )
-        return metrics
+        """Metrics of both prediction modes on the evaluation split.
 
-    def _predict(self) -> Predictions:
+        Classification and multiple choice: accuracy, NLL, ECE, Brier (and the task's extra
+        metrics) of the class probabilities, kept in ``self.predictions``. Next-token tasks:
+        :func:`~monteclora_pyro.evaluation.token_metrics` (``nll``, ``perplexity`` and
+        ``num_tokens`` of the held-out responses); there are no predictions.
+
+        Returns
+        -------
+        dict
+            ``{"posterior_mean": {...}, "posterior_predictive": {...}}``.
+        """
         loader = make_loader(
             self.eval_set, self.collator, self.cfg.batch_size, shuffle=False, seed=0
         )
-        return self.adapter.predict(loader, self.cfg.num_samples, self.cfg.seed, self.progress)
+        args = (loader, self.cfg.num_samples, self.cfg.seed, self.progress)
+        if self.spec.kind == "next_token":
+            self.predictions = None
+            metrics = self.adapter.token_metrics(*args)
+            mean, pred = metrics["posterior_mean"], metrics["posterior_predictive"]
+            logger.info(
+                "epoch %s: token nll %.4f (mean) %.4f (predictive), perplexity %.3f / %.3f",
+                epoch,
+                mean["nll"],
+                pred["nll"],
+                mean["perplexity"],
+                pred["perplexity"],
+            )
+        else:
+            self.predictions = self.adapter.predict(*args)
+            metrics = prediction_metrics(self.predictions, self.spec.metrics)
+            mean, pred = metrics["posterior_mean"], metrics["posterior_predictive"]
+            logger.info(
+                "epoch %s: accuracy %.4f (mean) %.4f (predictive), nll %.4f / %.4f",
+                epoch,
+                mean["accuracy"],
+                pred["accuracy"],
+                mean["nll"],
+                pred["nll"],
+            )
+        self.eval_metrics = metrics
+        return metrics
 
     def finish(self) -> dict:
-        """Write the adapter, metrics and predictions of the finished run."""
-        if not hasattr(self, "predictions"):
+        """Write the adapter, latent draws, metrics and predictions of the finished run.
+
+        ``metrics.json`` holds the task, split, method, ``num_examples``, ``num_samples`` (the
+        posterior draws of the predictive), ``steps`` and one entry per prediction mode. A
+        classification or multiple-choice run also writes ``predictions.npz``; a next-token run
+        does not (its modes hold the per-token ``nll``, ``perplexity`` and ``num_tokens``).
+        """
+        if self.eval_metrics is None:
             self.evaluate()
         if self.is_main:
             self.adapter.save(self.run_dir, self.cfg.num_samples, self.cfg.seed)
-            self.predictions.save(self.run_dir / PREDICTIONS_FILE)
+            if self.predictions is not None:
+                self.predictions.save(self.run_dir / PREDICTIONS_FILE)
+        draws = (
+            self.adapter.num_draws(self.cfg.num_samples)
+            if self.predictions is None
+            else self.predictions.draw_probs.shape[0]
+        )
         metrics = {
             "task": self.spec.name,
             "split": self.cfg.eval_split,
             "method": self.cfg.method,
             "num_examples": len(self.eval_set),
-            "num_samples": self.predictions.draw_probs.shape[0],
+            "num_samples": draws,
             "steps": self.step,
-            **prediction_metrics(self.predictions, self.spec.metrics),
+            **self.eval_metrics,
         }
         if self.is_main:
             text = json.dumps(metrics, indent=2) + "\n"
@@ -681,14 +728,27 @@ def evaluate_run(
     """Evaluate a finished run, on its own evaluation split or another task or split.
 
     Writes ``metrics.json`` and ``predictions.npz`` under
-    ``RUN_DIR/evaluations/{task}-{split}/`` and returns the metrics.
+    ``RUN_DIR/evaluations/{task}-{split}/`` and returns the metrics. A run of a next-token task
+    is evaluated by :func:`~monteclora_pyro.evaluation.token_metrics` (per-token ``nll``,
+    ``perplexity`` and ``num_tokens`` in each mode) and writes no ``predictions.npz``.
+
+    Raises
+    ------
+    ValueError
+        If the task is of another kind than the run's, has another number of labels, or lacks
+        the split.
     """
     run_dir = Path(run_dir)
-    model, guide, tokenizer, cfg = load_run(run_dir)
+    cfg, _ = load_run_config(run_dir)
     task_name = task or cfg.task
     spec = get_task_spec(task_name)
     trained = get_task_spec(cfg.task)
     trained_names = trained.label_names
+    if spec.kind != trained.kind:
+        raise ValueError(
+            f"task {spec.name} is a {spec.kind} task, but the run in {run_dir} was trained on "
+            f"{trained.name}, a {trained.kind} task: evaluate it on a {trained.kind} task"
+        )
     if spec.num_labels != trained.num_labels:
         raise ValueError(
             f"task {spec.name} has {spec.num_labels} labels {list(spec.label_names)}, but the "
@@ -709,6 +769,7 @@ def evaluate_run(
     )
     if split not in loaded.splits:
         raise ValueError(f"task {spec.name} has no split {split!r}; it has {sorted(loaded.splits)}")
+    model, guide, tokenizer, cfg = load_run(run_dir)
     raw = _first(loaded.splits[split], max_examples)
     dataset = tokenize_task(
         dataclasses.replace(loaded, splits={split: raw}), tokenizer, cfg.max_length
@@ -716,28 +777,28 @@ def evaluate_run(
     loader = make_loader(
         dataset, make_collator(tokenizer, spec), batch_size or cfg.batch_size, shuffle=False, seed=0
     )
-    samples = num_samples or cfg.num_samples
-    if guide is None:
-        predictions = predict_deterministic(model, loader, progress)
+    samples = (num_samples or cfg.num_samples) if cfg.method == "monteclora" else 1
+    predictions = None
+    if spec.kind == "next_token":
+        modes = token_metrics(model, guide, loader, samples, seed=cfg.seed, progress=progress)
     else:
-        predictions = predict(
-            model,
-            guide,
-            loader,
-            samples if cfg.method == "monteclora" else 1,
-            seed=cfg.seed,
-            progress=progress,
-        )
+        if guide is None:
+            predictions = predict_deterministic(model, loader, progress)
+        else:
+            predictions = predict(model, guide, loader, samples, seed=cfg.seed, progress=progress)
+        samples = predictions.draw_probs.shape[0]
+        modes = prediction_metrics(predictions, spec.metrics)
     out = run_dir / "evaluations" / f"{spec.name}-{split}"
     out.mkdir(parents=True, exist_ok=True)
-    predictions.save(out / PREDICTIONS_FILE)
+    if predictions is not None:
+        predictions.save(out / PREDICTIONS_FILE)
     metrics = {
         "task": spec.name,
         "split": split,
         "method": cfg.method,
         "num_examples": len(dataset),
-        "num_samples": predictions.draw_probs.shape[0],
-        **prediction_metrics(predictions, spec.metrics),
+        "num_samples": samples,
+        **modes,
     }
     text = json.dumps(metrics, indent=2) + "\n"
     atomic_write_text(out / METRICS_FILE, text)

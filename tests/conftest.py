@@ -117,8 +117,14 @@ def toy_assets(tmp_path):
     return write_tiny_backbone(tmp_path / "tiny-bert"), write_toy_sst2(tmp_path / "glue")
 
 
-def tiny_causal_lm(vocab_size: int = VOCAB, hidden: int = 32, seed: int = 0):
-    """A two-layer ``LlamaForCausalLM`` (untied head), in eval mode, seeded."""
+def tiny_causal_lm(
+    vocab_size: int = VOCAB, hidden: int = 32, seed: int = 0, initializer_range: float = 0.02
+):
+    """A two-layer ``LlamaForCausalLM`` (untied head), in eval mode, seeded.
+
+    At the default ``initializer_range`` its logits are nearly flat; a wider one (0.2) gives a
+    head that can express peaked next-token distributions, so that adapters can learn.
+    """
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -133,6 +139,7 @@ def tiny_causal_lm(vocab_size: int = VOCAB, hidden: int = 32, seed: int = 0):
         eos_token_id=1,
         bos_token_id=None,
         tie_word_embeddings=False,
+        initializer_range=initializer_range,
     )
     return LlamaForCausalLM(config).eval()
 

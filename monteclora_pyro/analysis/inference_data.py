@@ -56,7 +56,15 @@ def _read_run(run_dir: Path) -> dict:
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found: {run_dir} is not a run directory")
     predictions_path = run_dir / "predictions.npz"
+    metrics_path = run_dir / "metrics.json"
     if not predictions_path.is_file():
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        if "perplexity" in metrics.get("posterior_mean", {}):
+            raise ValueError(
+                f"{run_dir} is a next-token run: it has no class probabilities "
+                "(predictions.npz) to analyse; its per-token NLL and perplexity are in "
+                "metrics.json"
+            )
         raise FileNotFoundError(f"{predictions_path} not found: has the run finished?")
     run = {"dir": run_dir, "config": json.loads(config_path.read_text())}
     with np.load(predictions_path) as data:
