@@ -47,6 +47,7 @@ _SUMMARY_LABELS = {
 }
 _SUMMARY_SUFFIX = {"covariance": "trace", "concentration": "mean", "weights": "max"}
 _MAX_LABEL = 32
+PANELS_PER_ROW = 4
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -286,7 +287,8 @@ def plot_prior_posterior(
     Covariance: diagonal entries and eigenvalues of Σ (for a diagonal Σ the variances
     are the eigenvalues); concentration: the values; weights: the entries and the
     largest weight. One row per layer while ``layers × quantities <= max_panels``,
-    otherwise one row pooled over all layers. Widely spread positive values (not weights)
+    otherwise one row pooled over all layers; a single quantity per layer wraps into rows of
+    ``PANELS_PER_ROW``. Widely spread positive values (not weights)
     get log bins.
 
     Parameters
@@ -315,21 +317,23 @@ def plot_prior_posterior(
         ]
     else:
         rows = [(f"pooled over {len(post)} layers", list(post))]
-    fig, axes = _new_figure(len(rows), len(names))
-    for i, (label, layers) in enumerate(rows):
-        for j, quantity in enumerate(names):
-            series = {}
-            for group, sites in (("prior", prior), ("posterior", post)):
-                parts = [_quantities(sites[la], kind)[quantity] for la in layers if la in sites]
-                if parts:
-                    series[group] = np.concatenate(parts)
-            ax = axes[i, j]
-            _histograms(ax, series, bins, allow_log=kind != "weights")
-            ax.set_title(f"{label}: {quantity}", fontsize=9)
-            ax.set_xlabel(quantity)
-            ax.set_ylabel("fraction of draws")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=8)
+    panels = [(label, layers, quantity) for label, layers in rows for quantity in names]
+    # One quantity per layer (the concentration) wraps into a grid rather than a thin column.
+    cols = len(names) if len(names) > 1 else min(PANELS_PER_ROW, len(panels))
+    fig, axes = _new_figure(math.ceil(len(panels) / cols), cols)
+    _hide_unused(axes, len(panels))
+    for ax, (label, layers, quantity) in zip(axes.ravel(), panels, strict=False):
+        series = {}
+        for group, sites in (("prior", prior), ("posterior", post)):
+            parts = [_quantities(sites[la], kind)[quantity] for la in layers if la in sites]
+            if parts:
+                series[group] = np.concatenate(parts)
+        _histograms(ax, series, bins, allow_log=kind != "weights")
+        ax.set_title(f"{label}: {quantity}", fontsize=9)
+        ax.set_xlabel(quantity)
+        ax.set_ylabel("fraction of draws")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(f"{kind}: prior vs posterior")
     return fig
 

@@ -43,13 +43,15 @@ def _wishart(rng, shape, scale=1.0):
     return g @ np.swapaxes(g, -1, -2)
 
 
-def make_idata(seed: int = 0, covariance: str = "full") -> az.InferenceData:
-    """InferenceData with the schema of ``to_inference_data`` (2 layers, r=3, K=4)."""
+def make_idata(
+    seed: int = 0, covariance: str = "full", layers: list[str] = LAYERS
+) -> az.InferenceData:
+    """InferenceData with the schema of ``to_inference_data`` (``layers``, r=3, K=4)."""
     rng = np.random.default_rng(seed)
     posterior, prior, dims = {}, {}, {}
     for group, chains, scale, out in ((posterior, CHAINS, 0.05, "post"), (prior, 1, 1.0, "prior")):
         shape = (chains, DRAWS)
-        for layer in LAYERS:
+        for layer in layers:
             if covariance == "full":
                 group[f"{layer}.covariance"] = _wishart(rng, shape, scale)
                 dims[f"{layer}.covariance"] = ["rank", "rank_bis"]
@@ -123,6 +125,16 @@ def test_prior_posterior(idata, kind, tmp_path):
         assert ax.get_ylabel() == "fraction of draws"
         assert ax.get_xlabel()
         assert _legend_texts(ax) == ["prior", "posterior"]
+
+
+def test_prior_posterior_wraps_one_quantity_of_many_layers_into_a_grid(tmp_path):
+    many = make_idata(seed=2, layers=[f"encoder.layer.{i}.attention.self.query" for i in range(6)])
+    fig = plots.plot_prior_posterior(many, "concentration")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 6 and len(fig.axes) == 8  # 2 rows of PANELS_PER_ROW = 4
+    columns = {round(ax.get_position().x0, 3) for ax in visible}
+    assert len(columns) == plots.PANELS_PER_ROW
+    _renders(fig, tmp_path, "grid")
 
 
 def test_prior_posterior_diagonal_and_pooled(tmp_path):
