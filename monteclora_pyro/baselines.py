@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from monteclora_pyro.config import MonteCLoRAConfig
-from monteclora_pyro.evaluation import Predictions
+from monteclora_pyro.evaluation import Predictions, evaluating
 from monteclora_pyro.models.layer import default_target_modules
 from monteclora_pyro.models.params import restore_parameters
 
@@ -162,18 +162,13 @@ def predict_deterministic(
     model: nn.Module, loader: DataLoader, progress: bool = False
 ) -> Predictions:
     """Class probabilities of one eval-mode pass; the single draw equals the mean."""
-    was_training = model.training
-    model.eval()
     labels, probs = [], []
-    device = next(model.parameters()).device  # a GPU in data-parallel runs
-    try:
+    with evaluating(model) as device:
         for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
             batch = dict(batch)
             labels.append(batch.pop("labels"))
             batch = {k: v.to(device) for k, v in batch.items()}
             probs.append(model(**batch).logits.softmax(-1))
-    finally:
-        model.train(was_training)
     mean = torch.cat(probs).double().cpu().numpy()
     return Predictions(
         labels=torch.cat(labels).numpy(), mean_probs=mean, draw_probs=np.expand_dims(mean, 0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +123,28 @@ def save_latent_samples(
     atomic_write(Path(path), write)
 
 
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[torch.device]:
+    """Put ``module`` in eval mode (no dropout) and yield its device; restore the mode after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield next(module.parameters()).device  # a GPU in data-parallel runs
+    finally:
+        module.train(was_training)
+
+
+def posterior_deltas(
+    model: MonteCLoRAModel, guide: nn.Module, num_samples: int, seed: int
+) -> list[dict[str, torch.Tensor]]:
+    """The perturbations of S seeded guide draws; none for a guide without noise (LoRA)."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} is invalid: it must be >= 1")
+    if not isinstance(guide, MonteCLoRAGuide):
+        return []
+    return [model.perturbations(d) for d in draw_guide(guide, num_samples, seed)]
+
+
 @torch.no_grad()
 def predict(
     model: MonteCLoRAModel,
@@ -135,18 +159,11 @@ def predict(
     The S posterior draws are taken once, from their own seeded random stream, and each is
     applied to the whole evaluation set, so draw s is one set of adapter weights.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples} is invalid: it must be >= 1")
     if getattr(model, "likelihood", "classification") == "next_token":
         raise ValueError("a next-token model has no class probabilities: use token_metrics")
-    was_training = model.hf_model.training
-    model.hf_model.eval()
-    deltas = []
-    if isinstance(guide, MonteCLoRAGuide):
-        deltas = [model.perturbations(d) for d in draw_guide(guide, num_samples, seed)]
+    deltas = posterior_deltas(model, guide, num_samples, seed)
     labels, mean_probs, draw_probs = [], [], []
-    device = next(model.hf_model.parameters()).device  # a GPU in data-parallel runs
-    try:
+    with evaluating(model.hf_model) as device:
         for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
             batch = dict(batch)
             labels.append(batch.pop("labels"))
@@ -159,8 +176,6 @@ def predict(
                 )
             else:
                 draw_probs.append(mean.unsqueeze(0))
-    finally:
-        model.hf_model.train(was_training)
     return Predictions(
         labels=torch.cat(labels).numpy(),
         mean_probs=torch.cat(mean_probs).double().cpu().numpy(),
@@ -209,24 +224,15 @@ def token_metrics(
     """
     if getattr(model, "likelihood", None) != "next_token":
         raise ValueError("token_metrics needs a MonteCLoRAModel with likelihood='next_token'")
-    if num_samples < 1:
-        raise ValueError(f"num_samples={num_samples} is invalid: it must be >= 1")
-    was_training = model.hf_model.training
-    model.hf_model.eval()
-    deltas = []
-    if isinstance(guide, MonteCLoRAGuide):
-        deltas = [model.perturbations(d) for d in draw_guide(guide, num_samples, seed)]
+    deltas = posterior_deltas(model, guide, num_samples, seed)
     mean_lp, draw_lp = [], []
-    device = next(model.hf_model.parameters()).device
-    try:
+    with evaluating(model.hf_model) as device:
         for batch in tqdm(loader, desc="token metrics", disable=not progress, leave=False):
             batch = {k: v.to(device) for k, v in batch.items()}
             labels = batch.pop("labels")
             mean_lp.append(response_log_probs(model.logits(**batch), labels).double())
             draws = [response_log_probs(model.logits(**batch, deltas=d), labels) for d in deltas]
             draw_lp.append(torch.stack(draws).double() if draws else mean_lp[-1][None])
-    finally:
-        model.hf_model.train(was_training)
     if not mean_lp:
         raise ValueError("token_metrics got an empty loader: there are no held-out responses")
     mean = torch.cat(mean_lp)
