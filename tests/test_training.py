@@ -100,7 +100,10 @@ class _Interrupt(Exception):
     pass
 
 
-def test_killed_and_resumed_run_equals_uninterrupted(toy_assets, tmp_path, monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_killed_and_resumed_run_equals_uninterrupted(toy_assets, tmp_path, monkeypatch, threads):
+    """Bit-identical on one machine and thread count, whichever that is."""
+    torch.set_num_threads(threads)  # the fixture restores it
     overrides = {"epochs": 3, "checkpoint_every": 3}
     reference = train(
         _config(toy_assets, tmp_path / "ref", **overrides), MonteCLoRAConfig(r=4), progress=False
