@@ -16,9 +16,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from monteclora_pyro.analysis.metrics import classification_report
 from monteclora_pyro.files import atomic_write
 from monteclora_pyro.guides import MonteCLoRAGuide
+from monteclora_pyro.metrics import classification_report
 from monteclora_pyro.models import MonteCLoRAModel
 from monteclora_pyro.models.likelihood import response_log_probs
 

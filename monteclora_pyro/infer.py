@@ -10,9 +10,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-from monteclora_pyro.models.model import OBSERVED_SITE, split_site_name
-
-TERMS = ("nll", "kl_covariance", "kl_concentration", "kl_weights", "kl_noise", "cooperative")
+from monteclora_pyro.sites import OBSERVED_SITE, split_site_name
 
 
 def elbo_terms(

@@ -6,7 +6,7 @@ backend; save it with ``fig.savefig(path)``. Posterior inputs follow the schema 
 :func:`monteclora_pyro.analysis.inference_data.to_inference_data`: one variable per latent
 site named ``"{layer path}.{kind}"`` with ``kind`` in ``covariance``, ``concentration``,
 ``weights``. Depends on numpy, xarray, ArviZ, matplotlib and
-:mod:`monteclora_pyro.analysis.metrics` only.
+:mod:`monteclora_pyro.metrics` only.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike, NDArray
 
-from monteclora_pyro.analysis import metrics
+from monteclora_pyro import metrics
 from monteclora_pyro.analysis.inference_data import HYPERPRIOR_KINDS, TERMS
 
 __all__ = [

@@ -22,7 +22,8 @@ from pathlib import Path
 import arviz as az
 import numpy as np
 
-from monteclora_pyro.analysis import metrics, plots
+from monteclora_pyro import metrics
+from monteclora_pyro.analysis import plots
 
 __all__ = [
     "OOD_DOMAINS",

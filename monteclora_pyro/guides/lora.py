@@ -10,7 +10,8 @@ from torch import nn
 from torch.distributions import register_kl
 
 from monteclora_pyro.guides.monteclora import latent_sites
-from monteclora_pyro.models.model import MonteCLoRAModel, split_site_name
+from monteclora_pyro.models.model import MonteCLoRAModel
+from monteclora_pyro.sites import split_site_name
 
 
 class PinnedDelta(dist.Delta):

@@ -13,13 +13,9 @@ from torch import nn
 from torch.distributions import transform_to
 
 from monteclora_pyro.models.distributions import Wishart
-from monteclora_pyro.models.model import (
-    MonteCLoRAModel,
-    noise_distribution,
-    site_name,
-    split_site_name,
-)
+from monteclora_pyro.models.model import MonteCLoRAModel, noise_distribution
 from monteclora_pyro.models.params import register_params
+from monteclora_pyro.sites import site_name, split_site_name
 
 
 def prototype_trace(model: MonteCLoRAModel) -> pyro.poutine.Trace:

@@ -7,15 +7,13 @@ from monteclora_pyro.models.distributions import (
     kl_wishart_wishart,
 )
 from monteclora_pyro.models.layer import MonteCLoRALinear
-from monteclora_pyro.models.model import SITES, MonteCLoRAModel, site_name
+from monteclora_pyro.models.model import MonteCLoRAModel
 
 __all__ = [
-    "SITES",
     "IIDMultivariateNormal",
     "MonteCLoRALinear",
     "MonteCLoRAModel",
     "Wishart",
     "kl_iid_mvn",
     "kl_wishart_wishart",
-    "site_name",
 ]

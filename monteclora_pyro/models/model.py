@@ -29,22 +29,7 @@ from monteclora_pyro.models.likelihood import (
     shifted_targets,
 )
 from monteclora_pyro.models.params import register_params
-
-SITES = ("covariance", "concentration", "weights", "noise")
-OBSERVED_SITE = "y"
-COOPERATIVE_SITE = "cooperative"
-DATA_PLATE = "data"
-
-
-def site_name(layer: str, site: str) -> str:
-    """Name of the latent ``site`` of the adapted ``layer``, e.g. ``"...query.noise"``."""
-    return f"{layer}.{site}"
-
-
-def split_site_name(name: str) -> tuple[str, str]:
-    """Inverse of :func:`site_name`."""
-    layer, _, site = name.rpartition(".")
-    return layer, site
+from monteclora_pyro.sites import COOPERATIVE_SITE, DATA_PLATE, OBSERVED_SITE, site_name
 
 
 class MonteCLoRAModel(PyroModule):

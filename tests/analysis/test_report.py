@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from monteclora_pyro.analysis import metrics, report
+from monteclora_pyro import metrics
+from monteclora_pyro.analysis import report
 
 LAYERS = (
     "bert.encoder.layer.0.attention.self.query",

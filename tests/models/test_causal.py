@@ -21,8 +21,9 @@ from monteclora_pyro import (
     save_adapter,
 )
 from monteclora_pyro.evaluation import draw_guide, predict, token_metrics
-from monteclora_pyro.models import SITES, site_name
 from monteclora_pyro.models.likelihood import IGNORE_INDEX, is_causal_lm
+from monteclora_pyro.sites import LATENT_KINDS as SITES
+from monteclora_pyro.sites import site_name
 
 KEYS = [10, 11, 12, 13]
 ANSWERS = [20, 21, 22, 23]

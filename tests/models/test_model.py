@@ -12,7 +12,8 @@ from conftest import tiny_hf_model, token_batch
 from pyro import poutine
 
 from monteclora_pyro import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from monteclora_pyro.models import SITES, site_name
+from monteclora_pyro.sites import LATENT_KINDS as SITES
+from monteclora_pyro.sites import site_name
 
 DEFAULT_SUFFIXES = {
     "bert": ("query", "value"),

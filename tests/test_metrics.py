@@ -1,4 +1,4 @@
-"""Tests for monteclora_pyro.analysis.metrics against hand-computed values."""
+"""Tests for monteclora_pyro.metrics against hand-computed values."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from monteclora_pyro.analysis import metrics
+from monteclora_pyro import metrics
 
 
 def binary_probs(confidences, correct):
