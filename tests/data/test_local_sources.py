@@ -1,12 +1,9 @@
-"""Tests for the data layer: task registry, loaders, VADER domains, tokenization, batching."""
+"""Tests for loading tasks from GLUE TSV and SuperGLUE JSONL directories and the hub."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import sys
-import tarfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,30 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import pytest
-import torch
-from transformers import BertTokenizerFast
 
-from monteclora_pyro.data import (
-    CACHE_ENV,
-    DATA_ENV,
-    TASKS,
-    VADER_ARCHIVE,
-    VADER_INNER_ARCHIVE,
-    DataError,
-    Task,
-    fetch_vader_archive,
-    get_task_spec,
-    load_task,
-    load_vader_splits,
-    make_collator,
-    make_loader,
-    split_by_fractions,
-    tokenize_task,
-)
+from monteclora_pyro.data import DATA_ENV, TASKS, DataError, load_task
 
-REAL_GLUE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
+REAL_GLUE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "glue"
 
 # (text_a, text_b) of the three fixture rows; every task's fixture has quote characters.
 TEXTS = [
@@ -199,39 +177,6 @@ def test_task_folder_env_var_and_max_examples(tmp_path: Path, monkeypatch) -> No
     assert from_env.splits["train"]["text_a"] == [TEXTS[0][0]]
 
 
-@pytest.mark.parametrize(
-    ("alias", "name"),
-    [
-        ("SST-2", "sst2"),
-        ("sst-2", "sst2"),
-        ("STS-B", "stsb"),
-        ("stsb", "stsb"),
-        ("CoLA", "cola"),
-        ("Movie_Reviews", "movie-reviews"),
-    ],
-)
-def test_aliases(alias: str, name: str) -> None:
-    assert get_task_spec(alias).name == name
-
-
-def test_unknown_task_lists_known_tasks() -> None:
-    with pytest.raises(ValueError, match=r"unknown task 'squad'.*rte.*movie-reviews"):
-        get_task_spec("squad")
-
-
-def test_registry_metadata() -> None:
-    assert TASKS["cola"].metrics == ("mcc",)
-    assert TASKS["mrpc"].metrics == TASKS["qqp"].metrics == ("f1",)
-    assert TASKS["stsb"].metrics == ("pearson", "spearman")
-    assert TASKS["stsb"].is_regression and TASKS["stsb"].num_labels == 1
-    assert TASKS["mnli"].label_names == ("entailment", "neutral", "contradiction")
-    assert TASKS["rte"].hub_id == ("glue", "rte")
-    assert TASKS["boolq"].hub_id == ("super_glue", "boolq")
-    for spec in TASKS.values():
-        assert 1 <= len(spec.text_fields) <= 2
-        assert spec.is_regression or len(spec.label_names) == spec.num_labels
-
-
 # --- errors -----------------------------------------------------------------------------------
 
 
@@ -380,184 +325,3 @@ def test_real_glue_counts_and_labels(
         assert len(ds) == n_lines - int(header)
         assert Counter(ds["label"]) == expected
         assert set(ds["label"]) == set(range(TASKS[task].num_labels))
-
-
-# --- VADER domains ----------------------------------------------------------------------------
-
-MOVIE_ROWS = [(f"m{i}", 1.5 if i % 2 else -2.0, f"movie snippet {i} café") for i in range(50)]
-THRESHOLD_ROWS = [
-    ("t1", 0.5, 'exactly positive "quoted"'),
-    ("t2", -0.5, "exactly negative"),
-    ("t3", 0.49, "neutral, dropped"),
-    ("t4", -0.49, "neutral too, dropped"),
-    ("t5", 3.2, "clearly positive"),
-]
-
-
-def tar_bytes(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return buffer.getvalue()
-
-
-def ground_truth(rows: list[tuple[str, float, str]]) -> bytes:
-    return "\r\n".join(f"{i}\t{score}\t{text}" for i, score, text in rows).encode("utf-8")
-
-
-def write_vader_archive(directory: Path) -> Path:
-    """Write a fake ``vaderSentiment-3.2.1.tar.gz`` with the real nested layout."""
-    inner = tar_bytes(
-        {
-            "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt": ground_truth(
-                [*MOVIE_ROWS, *THRESHOLD_ROWS[2:4]]
-            ),
-            "hutto_ICWSM_2014/tweets_GroundTruth.txt": ground_truth(THRESHOLD_ROWS),
-            "hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt": ground_truth(MOVIE_ROWS[:3]),
-            "hutto_ICWSM_2014/nytEditorialSnippets_GroundTruth.txt": ground_truth(MOVIE_ROWS[:4]),
-        }
-    )
-    archive = directory / VADER_ARCHIVE
-    archive.write_bytes(tar_bytes({VADER_INNER_ARCHIVE: inner, "vaderSentiment-3.2.1/x": b""}))
-    return archive
-
-
-def test_vader_thresholding(tmp_path: Path) -> None:
-    write_vader_archive(tmp_path)
-    tweets = load_task("tweets", tmp_path)
-    assert list(tweets.splits) == ["test"]
-    kept = ['exactly positive "quoted"', "exactly negative", "clearly positive"]
-    order = np.random.default_rng(0).permutation(3)
-    assert tweets.splits["test"]["text_a"] == [kept[i] for i in order]
-    assert tweets.splits["test"]["label"] == [[1, 0, 1][i] for i in order]
-    assert tweets.spec.label_names == ("negative", "positive")
-    assert len(load_task("amazon", tmp_path).splits["test"]) == 3
-    assert len(load_task("nyt", tmp_path).splits["test"]) == 4
-
-
-def test_movie_reviews_split_sizes_determinism_disjointness(tmp_path: Path) -> None:
-    write_vader_archive(tmp_path)
-    first = load_task("movie-reviews", tmp_path)
-    second = load_task("movie-reviews", tmp_path)
-    sizes = {name: len(ds) for name, ds in first.splits.items()}
-    assert sizes == {"train": 40, "validation": 5, "test": 5}
-    texts = {name: ds["text_a"] for name, ds in first.splits.items()}
-    assert texts == {name: ds["text_a"] for name, ds in second.splits.items()}
-    all_texts = [text for _, _, text in MOVIE_ROWS]
-    assert sorted(text for split in texts.values() for text in split) == sorted(all_texts)
-    assert texts["train"] != all_texts[:40]
-    perm = np.random.default_rng(0).permutation(50)
-    assert texts["test"] == [all_texts[i] for i in perm[45:]]
-    labels = dict(zip(all_texts, [int(score > 0) for _, score, _ in MOVIE_ROWS], strict=True))
-    assert first.splits["train"]["label"] == [labels[t] for t in texts["train"]]
-
-
-def test_split_by_fractions_keeps_every_row_once() -> None:
-    ds = datasets.Dataset.from_dict({"i": list(range(11))})
-    parts = split_by_fractions(ds, [("a", 0.5), ("b", 0.3), ("c", 0.2)], seed=3)
-    assert [len(p) for p in parts.values()] == [6, 3, 2]
-    assert sorted(i for part in parts.values() for i in part["i"]) == list(range(11))
-
-
-def test_vader_cache_env_is_used_without_download(tmp_path: Path, monkeypatch) -> None:
-    write_vader_archive(tmp_path)
-    monkeypatch.delenv(DATA_ENV, raising=False)
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
-    assert len(load_task("tweets").splits["test"]) == 3
-
-
-def test_vader_download_failure_says_what_to_run(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
-    with pytest.raises(RuntimeError) as info:
-        fetch_vader_archive(tmp_path / "cache")
-    message = str(info.value)
-    for part in ("pip download", "--no-binary :all:", "vaderSentiment==3.2.1", CACHE_ENV):
-        assert part in message
-    assert str(tmp_path / "cache" / VADER_ARCHIVE) in message
-
-
-def test_real_vader_download() -> None:
-    try:
-        archive = fetch_vader_archive()
-    except RuntimeError as exc:
-        pytest.skip(f"vaderSentiment==3.2.1 could not be downloaded from PyPI: {exc}")
-    sizes = {
-        name: {split: len(ds) for split, ds in load_vader_splits(TASKS[name], archive).items()}
-        for name in ("movie-reviews", "tweets", "amazon", "nyt")
-    }
-    assert sizes == {
-        "movie-reviews": {"train": 8058, "validation": 1007, "test": 1007},
-        "tweets": {"test": 3432},
-        "amazon": {"test": 2985},
-        "nyt": {"test": 2970},
-    }
-
-
-# --- tokenization and batching ----------------------------------------------------------------
-
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "is", "good", "bad", '"']
-
-
-@pytest.fixture
-def tokenizer(tmp_path: Path) -> BertTokenizerFast:
-    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    return BertTokenizerFast.from_pretrained(tmp_path)
-
-
-def make_task(name: str, texts: list[str], labels: list[Any], pair: bool) -> Task:
-    columns: dict[str, list[Any]] = {"text_a": texts, "label": labels}
-    if pair:
-        columns["text_b"] = ["bad"] * len(texts)
-    return Task(spec=TASKS[name], splits={"train": datasets.Dataset.from_dict(columns)})
-
-
-def test_tokenize_truncates_without_padding(tokenizer: BertTokenizerFast) -> None:
-    task = make_task("sst2", ["good", "the movie is good", "good " * 20], [1, 1, 0], pair=False)
-    tokenized = tokenize_task(task, tokenizer, max_length=6)["train"]
-    expected_columns = {"input_ids", "attention_mask", "token_type_ids", "labels"}
-    assert set(tokenized.column_names) == expected_columns
-    assert [len(ids) for ids in tokenized["input_ids"]] == [3, 6, 6]
-    assert tokenized["input_ids"][1] == [2, 5, 6, 7, 8, 3]
-    assert tokenized["input_ids"][2][-1] == tokenizer.sep_token_id
-    assert tokenized["labels"] == [1, 1, 0]
-    assert tokenized.features["labels"].dtype == "int64"
-
-
-def test_collator_pads_to_longest_in_batch(tokenizer: BertTokenizerFast) -> None:
-    task = make_task("rte", ['the "', "the movie is good", "good"], [0, 1, 1], pair=True)
-    tokenized = tokenize_task(task, tokenizer)["train"]
-    batch = make_collator(tokenizer)([tokenized[0], tokenized[2]])
-    assert batch["input_ids"].shape == (2, 6)
-    assert batch["input_ids"][1].tolist() == [2, 8, 3, 9, 3, 0]
-    assert batch["attention_mask"].tolist() == [[1] * 6, [1] * 5 + [0]]
-    assert batch["token_type_ids"][0].tolist() == [0, 0, 0, 0, 1, 1]
-    assert batch["labels"].tolist() == [0, 1] and batch["labels"].dtype == torch.int64
-    full = make_collator(tokenizer)([tokenized[i] for i in range(3)])
-    assert full["input_ids"].shape == (3, 8)
-
-
-def test_regression_labels_are_float(tokenizer: BertTokenizerFast) -> None:
-    task = make_task("stsb", ["good", "bad"], [4.5, 0.25], pair=True)
-    tokenized = tokenize_task(task, tokenizer)["train"]
-    batch = make_collator(tokenizer)([tokenized[0], tokenized[1]])
-    assert batch["labels"].dtype == torch.float32
-    assert batch["labels"].tolist() == [4.5, 0.25]
-
-
-def test_loader_order_is_seeded(tokenizer: BertTokenizerFast) -> None:
-    task = make_task("sst2", ["good"] * 32, list(range(32)), pair=False)
-    tokenized = tokenize_task(task, tokenizer)["train"]
-    collator = make_collator(tokenizer)
-
-    def order(seed: int, shuffle: bool = True) -> list[int]:
-        loader = make_loader(tokenized, collator, batch_size=5, shuffle=shuffle, seed=seed)
-        return torch.cat([batch["labels"] for batch in loader]).tolist()
-
-    assert order(1) == order(1)
-    assert order(1) != order(2)
-    assert sorted(order(1)) == list(range(32))
-    assert order(1, shuffle=False) == list(range(32))
