@@ -7,7 +7,7 @@ Usage::
 
 On one evaluation batch, interleaved and repeated: (a) S forward passes of the posterior mean
 (A = μ, the deterministic LoRA pass), (b) S forward passes with the S posterior draws applied
-(``model.logits(..., deltas=...)``, the inner loop of :func:`monteclora_pyro.evaluation.predict`),
+(``model.logits(..., deltas=...)``, the inner loop of :func:`monteclora_pyro.training.evaluate`),
 and (c) drawing the S guide samples and turning them into perturbations, which ``predict`` does
 once per evaluation, not per batch. The last lines are the ratios (target: (b) <= 1.1 x (a)).
 """
@@ -22,7 +22,7 @@ import torch
 from train_step import build_backbone, make_batch
 
 from monteclora_pyro import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from monteclora_pyro.evaluation import draw_guide
+from monteclora_pyro.infer import draw_guide
 
 
 def main() -> None:

@@ -35,8 +35,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from monteclora_pyro import MonteCLoRAConfig
 from monteclora_pyro.backbones import load_backbone
-from monteclora_pyro.baselines import PeftMethod
-from monteclora_pyro.training import PyroMethod
+from monteclora_pyro.training import build_method
 
 METHODS = ("monteclora", "lora", "peft-lora", "peft-monteclora")
 
@@ -59,10 +58,7 @@ def build(method: str, tiny: bool, lr: float = 1e-4):
     """(adapter, optimiser) of a method, as the Trainer builds them."""
     hf = build_backbone(tiny)
     cfg = MonteCLoRAConfig(modules_to_save=["classifier"])
-    if method.startswith("peft-"):
-        adapter = PeftMethod(method, hf, cfg)
-    else:
-        adapter = PyroMethod(method, hf, cfg, num_data=1000)
+    adapter = build_method(method, hf, cfg, num_data=1000)
     adapter.network.train()
     return adapter, torch.optim.AdamW(adapter.params, lr=lr)
 

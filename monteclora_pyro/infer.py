@@ -1,13 +1,15 @@
-"""The MonteCLoRA objective, split into its terms (DESIGN.md §4)."""
+"""The MonteCLoRA objective split into its terms (docs/design.md §4), and seeded latent draws."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
+from torch import nn
 from torch.distributions import kl_divergence
 
 from monteclora_pyro.sites import OBSERVED_SITE, split_site_name
@@ -56,3 +58,49 @@ def elbo_terms(
         bad = sorted(k for k, v in terms.items() if not torch.isfinite(v))
         raise FloatingPointError(f"the ELBO is not finite: non-finite terms {bad}")
     return loss, terms
+
+
+def draw_guide(guide: nn.Module, num_samples: int, seed: int) -> list[dict[str, torch.Tensor]]:
+    """``num_samples`` draws of every latent site from the guide, from their own seeded stream.
+
+    The same ``(num_samples, seed)`` always gives the same draws, whatever the global RNG state.
+    """
+    with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices(guide)):
+        torch.manual_seed(seed)
+        return [guide() for _ in range(num_samples)]
+
+
+def _cuda_devices(module: nn.Module) -> list[int]:
+    """CUDA devices holding ``module``'s parameters or buffers, whose streams a draw uses."""
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    return sorted({t.device.index for t in tensors if t.is_cuda})
+
+
+def draw_prior(
+    model: nn.Module, num_samples: int, seed: int
+) -> list[dict[str, torch.Tensor]]:
+    """``num_samples`` draws of every latent site from the model's priors."""
+    with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices(model)):
+        torch.manual_seed(seed)
+        draws = []
+        for _ in range(num_samples):
+            trace = poutine.trace(model.sample_latents).get_trace()
+            draws.append(
+                {
+                    name: site["value"]
+                    for name, site in trace.nodes.items()
+                    if site["type"] == "sample"
+                }
+            )
+        return draws
+
+
+def posterior_deltas(
+    model: nn.Module, guide: nn.Module, num_samples: int, seed: int
+) -> list[dict[str, torch.Tensor]]:
+    """The perturbations δ of A of S seeded guide draws; none for a pinned guide (LoRA)."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples={num_samples} is invalid: it must be >= 1")
+    if not guide.stochastic:
+        return []
+    return [model.perturbations(d) for d in draw_guide(guide, num_samples, seed)]

@@ -45,19 +45,20 @@ def save_adapter(
     """Save the adapter, head and variational parameters, the config and metadata.
 
     Writes ``monteclora_config.json``, ``adapter_meta.json``, ``adapter_model.safetensors``
-    and, for a :class:`MonteCLoRAGuide`, ``guide_params.safetensors``. Every file is written
-    atomically.
+    and, for a guide with variational parameters, ``guide_params.safetensors``. Every file is
+    written atomically.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save(directory)
     save_tensors(directory / ADAPTER_FILE, model.trainable_parameters())
-    if isinstance(guide, MonteCLoRAGuide):
-        save_tensors(directory / GUIDE_FILE, guide.named_variational_parameters())
+    variational = [] if guide is None else list(guide.named_variational_parameters())
+    if variational:
+        save_tensors(directory / GUIDE_FILE, variational)
     meta = {
         "num_data": model.num_data,
         "num_labels": model.num_labels,
-        "likelihood": model.likelihood,
+        "likelihood": model.likelihood.name,
         "guide": None if guide is None else type(guide).__name__,
         "target_paths": list(model.adapters),
         "modules_to_save": model.head_names,
@@ -107,9 +108,10 @@ def load_adapter(
             f"{directory / META_FILE}: unknown guide {guide_name!r}; known: {sorted(GUIDES)}"
         )
     guide = GUIDES[guide_name](model)
-    if isinstance(guide, MonteCLoRAGuide):
+    variational = dict(guide.named_variational_parameters())
+    if variational:
         restore_parameters(
-            guide.named_variational_parameters(),
+            variational,
             read_tensors(directory / GUIDE_FILE),
             directory / GUIDE_FILE,
         )

@@ -29,16 +29,18 @@ from safetensors import safe_open
 from torch import nn
 
 from monteclora_pyro.backbones import DEFAULT_MODEL, resolve_model_path
-from monteclora_pyro.baselines import PEFT_ADAPTER_DIR, PEFT_METHODS, require_peft
 from monteclora_pyro.config import CONFIG_NAME, MonteCLoRAConfig
 from monteclora_pyro.files import atomic_write_text
 from monteclora_pyro.io import ADAPTER_FILE, META_FILE, read_meta, read_tensors, save_tensors
 from monteclora_pyro.models import MonteCLoRAModel
 from monteclora_pyro.models.layer import match_target_modules
 from monteclora_pyro.models.params import restore_parameters
+from monteclora_pyro.runs import read_config
 
 logger = logging.getLogger(__name__)
 
+PEFT_REQUIREMENT = "peft>=0.20,<0.22"
+PEFT_ADAPTER_DIR = "peft_adapter"  # where a peft-* run keeps PEFT's save_pretrained output
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
@@ -72,6 +74,22 @@ UNSUPPORTED = {
     "lora_ga_config": "LoRA-GA (changes the base weights)",
     "eva_config": "EVA initialisation",
 }
+
+
+def require_peft():
+    """Import ``peft``, or fail with the command that installs a version with MonteCLoRA."""
+    try:
+        import peft
+    except ImportError as err:
+        raise RuntimeError(
+            "the PEFT baselines need the optional extra 'peft': "
+            f"pip install 'monteclora-pyro[peft]' (or pip install '{PEFT_REQUIREMENT}')"
+        ) from err
+    if not hasattr(peft, "MontecloraConfig"):
+        raise RuntimeError(
+            f"peft {peft.__version__} has no MontecloraConfig; install '{PEFT_REQUIREMENT}'"
+        )
+    return peft
 
 
 def _is_unset(value) -> bool:
@@ -290,14 +308,13 @@ def export_peft_adapter(
     Path
         ``out_dir``.
     """
-    from monteclora_pyro.training import load_run_config  # training imports this module
-
     peft = require_peft()
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    train_cfg, _ = load_run_config(run_dir)
-    if train_cfg.method in PEFT_METHODS:
+    run_config = read_config(run_dir)
+    train_cfg = run_config["train"]
+    if "peft" in run_config:
         raise ValueError(
-            f"{run_dir} is a {train_cfg.method} run: its adapter is already in PEFT's format in "
+            f"{run_dir} is a {train_cfg['method']} run: its adapter is already in PEFT's format in "
             f"{run_dir / PEFT_ADAPTER_DIR}; load that directory with peft.PeftModel.from_pretrained"
         )
     if out_dir.resolve() == run_dir.resolve():
@@ -338,7 +355,7 @@ def export_peft_adapter(
         lora_dropout=model_cfg.lora_dropout,
         target_modules=list(paths),
         modules_to_save=list(heads) or None,
-        base_model_name_or_path=_base_model_name(train_cfg.model),
+        base_model_name_or_path=_base_model_name(train_cfg["model"]),
         inference_mode=True,
     )
     config = {k: sorted(v) if isinstance(v, set) else v for k, v in lora_cfg.to_dict().items()}

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from monteclora_pyro import MonteCLoRAConfig
-from monteclora_pyro.baselines import peft_config, require_peft
-from monteclora_pyro.evaluation import MODES, Predictions
+from monteclora_pyro.peft_interop import require_peft
+from monteclora_pyro.runs import MODES, Predictions
 from monteclora_pyro.training import TrainConfig, evaluate_run, train
+from monteclora_pyro.training.peft import peft_config
 
 pytest.importorskip("peft", reason="the PEFT baselines need the optional extra 'peft'")
 
@@ -110,6 +111,11 @@ def test_analyze_refuses_a_peft_run_with_a_clear_error(tmp_path, caplog):
 
     run = tmp_path / "peft-run"
     run.mkdir()
-    save_run_config(run, TrainConfig(task="sst2", method="peft-lora"), MonteCLoRAConfig())
+    save_run_config(
+        run,
+        TrainConfig(task="sst2", method="peft-lora"),
+        MonteCLoRAConfig(),
+        peft={"peft_type": "LORA"},  # as a PEFT run writes it
+    )
     assert main(["--quiet", "analyze", str(run)]) == 2
     assert "PEFT's adapters have no posterior" in caplog.text

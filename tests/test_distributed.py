@@ -39,9 +39,10 @@ import torch
 from conftest import tiny_hf_model, token_batch, write_tiny_backbone, write_toy_sst2
 from safetensors.torch import load_file
 
-import monteclora_pyro.training as training
+import monteclora_pyro.training.methods as training
 from monteclora_pyro import MonteCLoRAConfig
-from monteclora_pyro.distributed import (
+from monteclora_pyro.training import TrainConfig, build_method, train
+from monteclora_pyro.training.distributed import (
     from_environment,
     shard_batch,
     shard_bounds,
@@ -49,7 +50,6 @@ from monteclora_pyro.distributed import (
     step_seed,
     weight_shard_loss,
 )
-from monteclora_pyro.training import PyroMethod, TrainConfig, train
 
 HAS_ACCELERATE = importlib.util.find_spec("accelerate") is not None
 
@@ -110,7 +110,7 @@ def _shard_objective(method, batch, num_shards, weighted=True):
 @pytest.mark.parametrize("num_shards", [2, 3, 7])
 def test_averaged_shard_gradients_equal_the_batch_gradient(num_shards):
     """The real objective (data plate scaled per shard by N/b): exact up to rounding."""
-    method = PyroMethod(
+    method = build_method(
         "monteclora", tiny_hf_model(), MonteCLoRAConfig(r=4), num_data=50
     )  # eval mode: no dropout
     with torch.no_grad():

@@ -21,7 +21,7 @@ from monteclora_pyro.peft_interop import (
     monteclora_config_from_peft,
     read_peft_config,
 )
-from monteclora_pyro.training import PyroMethod, TrainConfig, load_run, save_run_config
+from monteclora_pyro.training import TrainConfig, build_method, load_run, save_run_config
 
 TOL = 1e-5
 TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}
@@ -126,7 +126,9 @@ def test_posthoc_steps_train_the_guide_only(tmp_path):
     _peft_adapter(tmp_path / "adapter", "bert")
     hf_model = tiny_hf_model("bert")
     cfg = monteclora_config_from_peft(tmp_path / "adapter", hf_model, MonteCLoRAConfig())
-    method = PyroMethod("monteclora", hf_model, cfg, 32, from_peft=str(tmp_path / "adapter"))
+    method = build_method(
+        "monteclora", hf_model, cfg, num_data=32, from_peft=str(tmp_path / "adapter")
+    )
     point = {n: p.detach().clone() for n, p in method.model.trainable_parameters()}
     variational = {n: p.detach().clone() for n, p in method.guide.named_parameters()}
     assert {id(p) for p in method.params} == {id(p) for p in method.guide.parameters()}
@@ -156,7 +158,8 @@ def test_export_and_posthoc_train_from_the_command_line(toy_assets, tmp_path, ca
     assert "is not empty" in caplog.text
     assert main(["--quiet", "export", str(run), "--peft", str(out), "--overwrite"]) == 0
 
-    model, _, tokenizer, _ = load_run(run)
+    method, tokenizer, _ = load_run(run)
+    model = method.model
     backbone = load_backbone(str(model_dir), 2)[0]
     loaded = peft.PeftModel.from_pretrained(backbone, out).eval()
     batch = tokenizer(["good film", "the plot was very boring"], padding=True, return_tensors="pt")
@@ -176,7 +179,8 @@ def test_export_and_posthoc_train_from_the_command_line(toy_assets, tmp_path, ca
     assert before.keys() == after.keys()
     for name, value in before.items():
         assert torch.equal(value, after[name]), name
-    model, guide, _, _ = load_run(posthoc)
+    method, _, _ = load_run(posthoc)
+    model, guide = method.model, method.guide
     initial = MonteCLoRAGuide(model).state_dict()
     assert all(not torch.equal(v, initial[k]) for k, v in guide.state_dict().items())
     metrics = [json.loads((d / "metrics.json").read_text()) for d in (run, posthoc)]
@@ -192,7 +196,10 @@ def test_export_refuses_what_is_not_a_finished_run_of_ours(tmp_path, monkeypatch
     baseline, unfinished = tmp_path / "baseline", tmp_path / "unfinished"
     baseline.mkdir()
     unfinished.mkdir()
-    save_run_config(baseline, TrainConfig(method="peft-lora"), MonteCLoRAConfig())
+    # A PEFT run's config.json holds PEFT's LoraConfig under "peft".
+    save_run_config(
+        baseline, TrainConfig(method="peft-lora"), MonteCLoRAConfig(), peft={"peft_type": "LORA"}
+    )
     with pytest.raises(ValueError, match="already in PEFT's format"):
         export_peft_adapter(baseline, tmp_path / "out")
     save_run_config(unfinished, TrainConfig(), MonteCLoRAConfig())

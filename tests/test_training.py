@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-import monteclora_pyro.training as training
+import monteclora_pyro.training.methods as training
 from monteclora_pyro import LoRAGuide, MonteCLoRAConfig, MonteCLoRAGuide
-from monteclora_pyro.evaluation import Predictions
+from monteclora_pyro.runs import Predictions
 from monteclora_pyro.training import (
     TrainConfig,
     Trainer,
@@ -83,7 +83,8 @@ def test_training_learns_writes_every_file_and_reloads(toy_assets, tmp_path, met
     if method == "monteclora":
         assert not np.allclose(predictions.draw_probs[0], predictions.draw_probs[1])
 
-    model, guide, _, cfg = load_run(out)
+    method_, _, cfg = load_run(out)
+    model, guide = method_.model, method_.guide
     assert cfg == _config(toy_assets, out, method=method)
     assert type(guide) is (MonteCLoRAGuide if method == "monteclora" else LoRAGuide)
     assert model.num_data == 128 and model.config.r == 4

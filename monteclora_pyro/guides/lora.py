@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -52,6 +54,8 @@ class LoRAGuide(nn.Module):
         The model to pair with; call the guide with the model's arguments.
     """
 
+    stochastic = False  # every draw is A = μ: one prediction
+
     def __init__(self, model: MonteCLoRAModel):
         super().__init__()
         self._model = (model,)
@@ -66,6 +70,10 @@ class LoRAGuide(nn.Module):
             self.register_buffer(f"{key}__value", pinned[name], persistent=False)
             self.register_buffer(f"{key}__log_density", log_density, persistent=False)
             self._sites.append((name, site["fn"].event_dim))
+
+    def named_variational_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """None: LoRA has no variational parameters."""
+        return iter(())
 
     @property
     def model(self) -> MonteCLoRAModel:

@@ -47,6 +47,8 @@ class MonteCLoRAGuide(nn.Module):
         arguments.
     """
 
+    stochastic = True  # draws differ: evaluations average S of them
+
     def __init__(self, model: MonteCLoRAModel):
         super().__init__()
         self._model = (model,)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 
@@ -16,20 +17,13 @@ from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.models.distributions import IIDMultivariateNormal, Wishart
 from monteclora_pyro.models.layer import (
     MonteCLoRALinear,
-    default_modules_to_save,
     default_target_modules,
     inject_adapters,
     match_target_modules,
 )
-from monteclora_pyro.models.likelihood import (
-    answer_log_likelihood,
-    check_choice_inputs,
-    check_token_labels,
-    resolve_likelihood,
-    shifted_targets,
-)
+from monteclora_pyro.models.likelihood import Likelihood, resolve_likelihood
 from monteclora_pyro.models.params import register_params
-from monteclora_pyro.sites import COOPERATIVE_SITE, DATA_PLATE, OBSERVED_SITE, site_name
+from monteclora_pyro.sites import COOPERATIVE_SITE, site_name
 
 
 class MonteCLoRAModel(PyroModule):
@@ -51,10 +45,12 @@ class MonteCLoRAModel(PyroModule):
     num_data : int
         Size N of the training set (examples: questions, or sequences); minibatch likelihoods
         are scaled to it.
-    likelihood : {"classification", "multiple_choice", "next_token"}, optional
-        What ``y`` observes (:mod:`monteclora_pyro.models.likelihood`). ``None`` means
-        classification, and is refused for a causal language model. For the causal
-        likelihoods ``modules_to_save`` defaults to none: no head is trained.
+    likelihood : str or Likelihood, optional
+        What ``y`` observes: a name of :data:`~monteclora_pyro.models.likelihood.LIKELIHOODS`
+        (``"classification"``, ``"multiple_choice"``, ``"next_token"``) or a
+        :class:`~monteclora_pyro.models.likelihood.Likelihood`. ``None`` means classification,
+        and is refused for a causal language model. For the causal likelihoods
+        ``modules_to_save`` defaults to none: no head is trained.
     """
 
     def __init__(
@@ -63,33 +59,24 @@ class MonteCLoRAModel(PyroModule):
         config: MonteCLoRAConfig | None = None,
         *,
         num_data: int,
-        likelihood: str | None = None,
+        likelihood: str | Likelihood | None = None,
     ):
         super().__init__()
         config = MonteCLoRAConfig() if config is None else config
         if isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < 1:
             raise ValueError(f"num_data={num_data!r} is invalid: it must be a positive integer")
         likelihood = resolve_likelihood(hf_model, likelihood)
-        num_labels = getattr(getattr(hf_model, "config", None), "num_labels", None)
-        if likelihood != "classification":
-            num_labels = None
-        elif not isinstance(num_labels, int) or num_labels < 2:
-            raise ValueError(
-                f"the model has num_labels={num_labels!r}: MonteCLoRAModel needs a classifier "
-                "with num_labels >= 2 (regression heads are not supported)"
-            )
         self.config = config
         self.num_data = num_data
-        self.num_labels = num_labels
+        self.num_labels = likelihood.num_labels(hf_model)
         self.likelihood = likelihood
         targets = config.target_modules or default_target_modules(hf_model)
         paths = match_target_modules(hf_model, targets)
-        if config.modules_to_save is not None:
-            heads = config.modules_to_save
-        elif likelihood == "classification":
-            heads = default_modules_to_save(hf_model)
-        else:
-            heads = []
+        heads = (
+            config.modules_to_save
+            if config.modules_to_save is not None
+            else likelihood.default_heads(hf_model)
+        )
         children = [name for name, _ in hf_model.named_modules() if name]
         for head in heads:
             if head not in children:
@@ -176,7 +163,9 @@ class MonteCLoRAModel(PyroModule):
 
         Returns what :meth:`logits` returns for this draw.
         """
-        self._check_labels(labels, input_ids, model_inputs)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **model_inputs}
+        if labels is not None:
+            self.likelihood.check_labels(labels, inputs, self.num_labels)
         register_params(self.trainable_parameters())
         with poutine.scale(scale=self.latent_scale):
             deltas, weights = self.sample_latents()
@@ -187,7 +176,7 @@ class MonteCLoRAModel(PyroModule):
             scale = cfg.cooperative_weight * self.num_data / len(self.adapters)
             pyro.factor(COOPERATIVE_SITE, -scale * excess)
         logits = self.logits(input_ids, attention_mask, deltas=deltas, **model_inputs)
-        self._observe(logits, labels, model_inputs.get("choice_mask"))
+        self.likelihood.observe(logits, labels, inputs, self.num_data)
         return logits
 
     def logits(
@@ -198,133 +187,27 @@ class MonteCLoRAModel(PyroModule):
         deltas: dict[str, torch.Tensor] | None = None,
         **model_inputs,
     ) -> torch.Tensor:
-        """Logits of the backbone with the given perturbations of A (none: posterior mean).
+        """Scores of the backbone with the given perturbations of A (none: posterior mean).
 
-        Shape (batch, num_labels) for classification; for multiple choice the (batch, C)
-        summed answer log-probabilities (``-inf`` for padded choices, see
-        :func:`~monteclora_pyro.models.likelihood.answer_log_likelihood`); for next-token the
-        token logits (batch, L, vocabulary).
+        What the likelihood observes (:meth:`Likelihood.scores`): logits (batch, num_labels)
+        for classification; for multiple choice the (batch, C) summed answer log-probabilities
+        (``-inf`` for padded choices); for next-token the token logits (batch, L, vocabulary).
         """
-        if self.likelihood == "multiple_choice":
-            return self._choice_scores(input_ids, attention_mask, deltas, **model_inputs)
-        return self._backbone(input_ids, attention_mask, deltas, **model_inputs)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **model_inputs}
+        return self.likelihood.scores(functools.partial(self._backbone, deltas or {}), inputs)
 
-    def _backbone(
-        self,
-        input_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        deltas: dict[str, torch.Tensor] | None,
-        **model_inputs,
-    ) -> torch.Tensor:
-        deltas = deltas or {}
+    def _backbone(self, deltas: dict[str, torch.Tensor], **inputs) -> torch.Tensor:
+        """Logits of the wrapped model with A = μ + δ in the layers of ``deltas``."""
         try:
             for path, delta in deltas.items():
                 self.adapters[path].delta = delta
-            out = self.hf_model(input_ids=input_ids, attention_mask=attention_mask, **model_inputs)
+            out = self.hf_model(**inputs)
         finally:
             for path in deltas:
                 self.adapters[path].delta = None
         if isinstance(out, torch.Tensor):
             return out
         return out.logits if hasattr(out, "logits") else out[0]
-
-    def _choice_scores(
-        self,
-        input_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        deltas: dict[str, torch.Tensor] | None,
-        answer_mask: torch.Tensor | None = None,
-        choice_mask: torch.Tensor | None = None,
-        **model_inputs,
-    ) -> torch.Tensor:
-        """(batch, C) summed answer log-probabilities; the real choices go through as one batch."""
-        if model_inputs:
-            raise ValueError(
-                f"unexpected multiple-choice inputs {sorted(model_inputs)}; expected input_ids, "
-                "attention_mask, answer_mask and optionally choice_mask"
-            )
-        valid = check_choice_inputs(input_ids, attention_mask, answer_mask, choice_mask)
-        ids = input_ids[valid]
-        mask = None if attention_mask is None else attention_mask[valid]
-        token_logits = self._backbone(ids, mask, deltas)
-        flat = answer_log_likelihood(token_logits, ids, answer_mask[valid])
-        scores = torch.full(valid.shape, -math.inf, dtype=flat.dtype, device=flat.device)
-        return scores.masked_scatter(valid, flat)
-
-    def _check_labels(
-        self, labels: torch.Tensor | None, input_ids: torch.Tensor | None, model_inputs: dict
-    ) -> None:
-        if labels is None:
-            return
-        if self.likelihood == "next_token":
-            check_token_labels(labels, input_ids)
-            return
-        batch = batch_size(input_ids, model_inputs)
-        if labels.shape != (batch,):
-            raise ValueError(
-                f"labels must have shape ({batch},) to match the batch, got {tuple(labels.shape)}"
-            )
-        if self.likelihood == "multiple_choice":
-            self._check_choice_labels(labels, input_ids, model_inputs.get("choice_mask"))
-            return
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_labels):
-            bad = labels[(labels < 0) | (labels >= self.num_labels)].unique().tolist()
-            raise ValueError(
-                f"labels {bad} are outside the model's label set 0..{self.num_labels - 1}"
-            )
-
-    @staticmethod
-    def _check_choice_labels(
-        labels: torch.Tensor, input_ids: torch.Tensor | None, choice_mask: torch.Tensor | None
-    ) -> None:
-        if input_ids is None or input_ids.dim() != 3:
-            return  # check_choice_inputs names the problem
-        choices = input_ids.shape[1]
-        outside = ((labels < 0) | (labels >= choices)).nonzero().flatten().tolist()
-        if outside:
-            raise ValueError(
-                f"labels {labels[outside].tolist()} of examples {outside} are not choice indices "
-                f"0..{choices - 1}: the batch has {choices} choices per example"
-            )
-        if choice_mask is not None:
-            picked = choice_mask.bool().gather(1, labels[:, None]).squeeze(1)
-            missing = (~picked).nonzero().flatten().tolist()
-            if missing:
-                raise ValueError(
-                    f"examples {missing}: the label points to a padded choice (choice_mask == 0)"
-                )
-
-    def _observe(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor | None,
-        valid: torch.Tensor | None = None,
-    ) -> None:
-        if self.likelihood == "next_token":
-            self._observe_tokens(logits, labels)
-            return
-        finite = torch.isfinite(logits if valid is None else logits[valid.bool()])
-        if not finite.all():
-            raise FloatingPointError("the backbone returned non-finite logits")
-        batch = logits.shape[0]
-        index = torch.arange(batch, device=logits.device)
-        with pyro.plate(DATA_PLATE, max(self.num_data, batch), subsample=index):
-            pyro.sample(OBSERVED_SITE, dist.Categorical(logits=logits), obs=labels)
-
-    def _observe_tokens(self, token_logits: torch.Tensor, labels: torch.Tensor | None) -> None:
-        """One example is one sequence: its response tokens, a masked event of length L - 1."""
-        if not torch.isfinite(token_logits).all():
-            raise FloatingPointError("the backbone returned non-finite logits")
-        batch = token_logits.shape[0]
-        if labels is None:
-            tokens = dist.Categorical(logits=token_logits[:, :-1])
-            targets = None
-        else:
-            logits, targets, mask = shifted_targets(token_logits, labels)
-            tokens = dist.Categorical(logits=logits).mask(mask)
-        index = torch.arange(batch, device=token_logits.device)
-        with pyro.plate(DATA_PLATE, max(self.num_data, batch), subsample=index):
-            pyro.sample(OBSERVED_SITE, tokens.to_event(1), obs=targets)
 
     def _prior(self, path: str, layer: MonteCLoRALinear) -> dict:
         """The fixed prior distributions of a layer, cached per device and dtype."""
@@ -345,15 +228,6 @@ class MonteCLoRAModel(PyroModule):
         """Undo :meth:`merge_adapters`."""
         for layer in self.adapters.values():
             layer.unmerge()
-
-
-def batch_size(input_ids: torch.Tensor | None, model_inputs: dict) -> int:
-    """Number of examples in a batch given as ``input_ids`` or ``inputs_embeds``."""
-    if input_ids is not None:
-        return input_ids.shape[0]
-    if model_inputs.get("inputs_embeds") is not None:
-        return model_inputs["inputs_embeds"].shape[0]
-    raise ValueError("pass input_ids or inputs_embeds")
 
 
 def prior_distributions(

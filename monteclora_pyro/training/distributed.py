@@ -8,7 +8,7 @@ floating-point rounding:
 - **Data.** Every process iterates the same global batches in the same order (the loader's
   shuffling has its own seeded generator) and keeps a contiguous shard of each: rows
   ``[start, stop)`` of :func:`shard_bounds`. Padding is that of the global batch.
-- **Objective.** The adapter's loss is ``nll + R``: ``nll`` the mean negative log-likelihood of
+- **Objective.** The method's loss is ``nll + R``: ``nll`` the mean negative log-likelihood of
   the examples it is given (the data plate scales a batch of b examples by N/b, and the loss is
   divided by N) and ``R`` the KL and cooperative terms, which depend on the latent draw only.
   Process r with b_r of the B examples of a global batch optimises
@@ -24,7 +24,7 @@ floating-point rounding:
 - **Random streams.** Every process is seeded identically, so the latent sites (covariance,
   concentration, weights, noise) are the same draw everywhere: one draw per global batch, as in
   a one-process run. In our Pyro methods the guide draws from that shared stream; the rest of the
-  step (dropout in the backbone and the adapters, whose consumption depends on the shard's
+  step (dropout in the backbone and the methods, whose consumption depends on the shard's
   shape) runs on a private stream seeded by (seed, step, rank), so shards get independent
   dropout masks and the shared stream advances identically in every process. PEFT's baselines
   draw their noise inside the forward pass, between dropout draws; there the whole step uses the
@@ -50,8 +50,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-
-from monteclora_pyro.baselines import PeftMethod
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +130,9 @@ def weight_shard_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A shard's objective ``L_r = loss + (weight - 1) · nll`` and its terms.
 
-    ``loss`` and ``terms`` are the adapter's loss of the shard (``nll`` its mean over the
+    ``loss`` and ``terms`` are the method's loss of the shard (``nll`` its mean over the
     shard's examples) and ``weight`` comes from :func:`shard_batch`; the mean of ``L_r`` over
-    the shards of a batch is the adapter's loss of the whole batch.
+    the shards of a batch is the method's loss of the whole batch.
     """
     nll = terms["nll"]
     return loss + (weight - 1.0) * nll, {**terms, "nll": weight * nll}
@@ -184,10 +182,6 @@ class DataParallel:
             dist.get_backend(),
         )
 
-    def place(self, adapter) -> None:
-        """Move the adapter's network (and guide) to this process's device."""
-        place(adapter, self.device)
-
     def prepare_run_dir(self, trainer, resume: bool) -> None:
         """Rank 0 prepares (or resumes) the run directory; every process gets its state."""
         payload = None
@@ -204,7 +198,7 @@ class DataParallel:
         if not self.is_main:
             trainer.restore_state(payload["state"], f"rank 0's state of {trainer.run_dir}")
 
-    def loss(self, adapter, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
+    def loss(self, method, batch: dict, step: int) -> tuple[torch.Tensor, dict]:
         """This process's share of the loss of a global batch, and the global terms.
 
         The returned loss has the gradient of this process's objective ``L_r`` (for the
@@ -215,8 +209,8 @@ class DataParallel:
         shard = {k: _to(v, self.device) for k, v in shard.items()}
         failure = None
         try:
-            with self._random_streams(adapter, step):
-                loss, terms = adapter.loss(shard)
+            with self._random_streams(method, step):
+                loss, terms = method.loss(shard)
         except FloatingPointError as err:
             failure = err
         failed = torch.tensor([float(failure is not None)], device=self.device)
@@ -257,15 +251,15 @@ class DataParallel:
                 p.grad = (chunk / self.world_size).view_as(p).to(p.dtype)
 
     @contextlib.contextmanager
-    def _random_streams(self, adapter, step: int) -> Iterator[None]:
+    def _random_streams(self, method, step: int) -> Iterator[None]:
         """Latent draws on the shared stream; the rest of a Pyro step on a private one."""
-        if isinstance(adapter, PeftMethod) or getattr(adapter, "guide", None) is None:
+        if method.guide is None:  # e.g. PEFT: noise drawn inside the forward pass
             try:
                 yield
             finally:
                 self._sync_rng()
             return
-        guide = adapter.guide
+        guide = method.guide
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with contextlib.ExitStack() as private:
 
@@ -279,13 +273,13 @@ class DataParallel:
                     torch.cuda.manual_seed(seed)
                 return draws
 
-            # The adapter's loss calls its guide first, then the model; the swap lasts this
+            # The method's loss calls its guide first, then the model; the swap lasts this
             # one call.
-            adapter.guide = guide_then_private_stream
+            method.guide = guide_then_private_stream
             try:
                 yield
             finally:
-                adapter.guide = guide
+                method.guide = guide
 
     def _sync_rng(self) -> None:
         """Give every process rank 0's random state (CPU, and this process's GPU)."""
@@ -311,16 +305,6 @@ class DataParallel:
 def _to(value, device: torch.device):
     """A detached ``value`` on ``device`` if it is a tensor, else ``value``."""
     return value.detach().to(device) if isinstance(value, torch.Tensor) else value
-
-
-def place(adapter, device: torch.device) -> None:
-    """Move an adapter's network and guide (if any) to ``device``."""
-    if device.type == "cpu":
-        return
-    adapter.network.to(device)
-    guide = getattr(adapter, "guide", None)
-    if guide is not None:
-        guide.to(device)
 
 
 def _to_cpu(obj):

@@ -20,10 +20,11 @@ from monteclora_pyro import (
     load_adapter,
     save_adapter,
 )
-from monteclora_pyro.evaluation import draw_guide, predict, token_metrics
+from monteclora_pyro.infer import draw_guide
 from monteclora_pyro.models.likelihood import IGNORE_INDEX, is_causal_lm
 from monteclora_pyro.sites import LATENT_KINDS as SITES
 from monteclora_pyro.sites import site_name
+from monteclora_pyro.training import predict, token_metrics
 
 KEYS = [10, 11, 12, 13]
 ANSWERS = [20, 21, 22, 23]
@@ -383,7 +384,7 @@ def test_adapter_round_trip_keeps_the_likelihood(tmp_path):
     guide = MonteCLoRAGuide(model)
     save_adapter(tmp_path, model, guide)
     loaded, loaded_guide = load_adapter(tmp_path, tiny_causal_lm())
-    assert loaded.likelihood == "multiple_choice" and isinstance(loaded_guide, MonteCLoRAGuide)
+    assert loaded.likelihood.name == "multiple_choice" and isinstance(loaded_guide, MonteCLoRAGuide)
     inputs = {k: v for k, v in choice_batch().items() if k != "labels"}
     with torch.no_grad():
         torch.testing.assert_close(loaded.logits(**inputs), model.logits(**inputs))

@@ -1,0 +1,190 @@
+"""The configuration of a fine-tuning run, and where it is stored."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from monteclora_pyro import runs
+from monteclora_pyro.backbones import DEFAULT_MODEL
+from monteclora_pyro.config import MonteCLoRAConfig
+from monteclora_pyro.data import DEFAULT_TASK, get_task_spec
+from monteclora_pyro.training.methods import METHODS
+
+OPTIMIZERS = ("adamw", "clipped_adam")
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a fine-tuning run other than the MonteCLoRA model itself.
+
+    Parameters
+    ----------
+    model : str
+        ``"minilm"`` (bundled MiniLM-L6), a local Hugging Face directory or a hub id.
+    task : str
+        A task of :data:`monteclora_pyro.data.TASKS`.
+    data_dir : str or None
+        Local data directory (else ``$MONTECLORA_DATA``, else the hub).
+    method : str
+        A method of :data:`monteclora_pyro.training.methods.METHODS`: ``"monteclora"`` and
+        ``"lora"`` (our Pyro model with MonteCLoRAGuide or LoRAGuide), ``"peft-lora"`` and
+        ``"peft-monteclora"`` (PEFT's, needs the ``peft`` extra), all on the same loop.
+    epochs : int
+        Passes over the training set, unless ``max_steps`` is set.
+    max_steps : int or None
+        Total optimisation steps; overrides ``epochs``. 0 only evaluates the untrained adapter,
+        which equals the backbone (B = 0): the "before" of a fine-tune.
+    batch_size : int
+        Training and evaluation batch size.
+    lr : float
+        Peak learning rate (linear warm-up, then linear decay to zero).
+    weight_decay : float
+        Decoupled weight decay (AdamW) or L2 (ClippedAdam).
+    optimizer : {"adamw", "clipped_adam"}
+        ``torch.optim.AdamW`` or Pyro's ``ClippedAdam``.
+    warmup_ratio : float
+        Fraction of the steps spent warming up.
+    max_grad_norm : float
+        Gradient clipping threshold (global norm).
+    max_length : int
+        Maximum tokens per example.
+    max_train_examples, max_eval_examples : int or None
+        Keep only the first N examples of the training and evaluation splits.
+    eval_split : str
+        Split evaluated at every epoch end and at the end.
+    num_samples : int
+        Posterior draws S for the posterior predictive.
+    seed : int
+        Seeds initialisation, data order, noise and evaluation draws.
+    checkpoint_every : int
+        Steps between checkpoints (one is also written at every epoch end).
+    output_dir : str
+        The run directory.
+    device : str
+        Torch device of a one-process run: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``. A
+        data-parallel run (see :mod:`monteclora_pyro.distributed`) uses the launcher's devices.
+        Not part of the run's identity: a run can resume on another device.
+    from_peft : str or None
+        A PEFT LoRA adapter directory to start from (post-hoc MonteCLoRA, ``method`` must be
+        ``"monteclora"``): μ, B and the saved head come from the adapter and stay frozen; only
+        the guide trains. See :mod:`monteclora_pyro.peft_interop`.
+    """
+
+    model: str = DEFAULT_MODEL
+    task: str = DEFAULT_TASK
+    data_dir: str | None = None
+    method: str = "monteclora"
+    epochs: int = 3
+    max_steps: int | None = None
+    batch_size: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    optimizer: str = "adamw"
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    eval_split: str = "validation"
+    num_samples: int = 16
+    seed: int = 0
+    checkpoint_every: int = 200
+    output_dir: str = "runs/monteclora"
+    device: str = "cpu"
+    from_peft: str | None = None
+
+    def __post_init__(self) -> None:
+        def fail(name: str, allowed: str) -> None:
+            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {allowed}")
+
+        for name in ("epochs", "batch_size", "max_length", "num_samples", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                fail(name, "it must be an integer >= 1")
+        for name in ("max_steps", "max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            least = 0 if name == "max_steps" else 1
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < least
+            ):
+                fail(name, f"it must be an integer >= {least}, or None")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            fail("seed", "it must be an integer >= 0")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            fail("lr", "it must be a finite number > 0")
+        if not self.weight_decay >= 0:
+            fail("weight_decay", "it must be >= 0")
+        if not 0 <= self.warmup_ratio < 1:
+            fail("warmup_ratio", "it must lie in [0, 1)")
+        if not self.max_grad_norm > 0:
+            fail("max_grad_norm", "it must be > 0")
+        if self.method not in METHODS:
+            fail("method", f"allowed values are {', '.join(map(repr, METHODS))}")
+        if self.optimizer not in OPTIMIZERS:
+            fail("optimizer", f"allowed values are {', '.join(map(repr, OPTIMIZERS))}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            fail("device", "it must be a torch device such as 'cpu', 'cuda', 'cuda:1' or 'mps'")
+        if isinstance(self.from_peft, os.PathLike):
+            self.from_peft = os.fspath(self.from_peft)
+        if self.from_peft is not None:
+            if not isinstance(self.from_peft, str) or not self.from_peft:
+                fail("from_peft", "it must be a PEFT adapter directory, or None")
+            if not METHODS[self.method].post_hoc:
+                post_hoc = [name for name, method in METHODS.items() if method.post_hoc]
+                fail("method", f"from_peft (post-hoc training) needs it to be one of {post_hoc}")
+        likelihood = get_task_spec(self.task).likelihood
+        allowed = METHODS[self.method].likelihoods
+        if allowed is not None and likelihood not in allowed:
+            fail(
+                "method", f"{self.method} runs {' and '.join(allowed)} tasks only, not {likelihood}"
+            )
+
+
+def save_run_config(
+    run_dir: str | Path,
+    train_cfg: TrainConfig,
+    model_cfg: MonteCLoRAConfig,
+    peft: dict | None = None,
+) -> None:
+    """Write ``config.json``: the training and the MonteCLoRA configuration.
+
+    A PEFT baseline also stores PEFT's ``LoraConfig`` under ``"peft"``.
+    """
+    runs.write_config(run_dir, dataclasses.asdict(train_cfg), model_cfg.to_dict(), peft)
+
+
+def load_run_config(run_dir: str | Path) -> tuple[TrainConfig, MonteCLoRAConfig]:
+    """Read ``config.json`` of a run directory."""
+    data = runs.read_config(run_dir)
+    try:
+        return TrainConfig(**data["train"]), MonteCLoRAConfig.from_dict(data["monteclora"])
+    except (KeyError, TypeError) as err:
+        path = Path(run_dir) / runs.CONFIG_FILE
+        raise ValueError(f"{path} is not a valid run configuration: {err}") from err
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device ``name``, refusing one this machine does not have."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ValueError(
+                f"TrainConfig.device={name!r} is invalid: this machine has {count} CUDA "
+                "device(s); use 'cpu'"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"TrainConfig.device={name!r} is invalid: MPS is not available; use 'cpu'")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(
+            f"TrainConfig.device={name!r} is invalid: the Trainer runs on 'cpu', 'cuda' or 'mps'"
+        )
+    return device

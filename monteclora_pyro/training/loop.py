@@ -1,0 +1,374 @@
+"""The training loop: one run from data to checkpoints, evaluation and run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.optim.clipped_adam import ClippedAdam
+from tqdm.auto import tqdm
+
+from monteclora_pyro import runs
+from monteclora_pyro.backbones import load_backbone
+from monteclora_pyro.config import MonteCLoRAConfig
+from monteclora_pyro.data import load_task, make_collator, make_loader, tokenize_task
+from monteclora_pyro.files import atomic_write
+from monteclora_pyro.models.likelihood import get_likelihood
+from monteclora_pyro.peft_interop import monteclora_config_from_peft
+from monteclora_pyro.training import distributed
+from monteclora_pyro.training.config import TrainConfig, resolve_device, save_run_config
+from monteclora_pyro.training.evaluation import Evaluation, evaluate, first_examples
+from monteclora_pyro.training.methods import METHODS
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class Trainer:
+    """One fine-tuning run: data, method, optimiser, checkpoints and evaluation.
+
+    Every method (:data:`~monteclora_pyro.training.methods.METHODS`) and every likelihood
+    (the task's) runs the same loop; it uses the method only through
+    :class:`~monteclora_pyro.training.base.Method`.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model_config: MonteCLoRAConfig | None = None,
+        *,
+        progress: bool = True,
+    ):
+        self.cfg = config
+        # Several processes (accelerate launch / torchrun): see monteclora_pyro.distributed.
+        self.parallel = distributed.from_environment(config.seed)
+        self.is_main = self.parallel is None or self.parallel.is_main
+        self.progress = progress and self.is_main
+        self.run_dir = Path(config.output_dir)
+        pyro.set_rng_seed(config.seed)
+        task = load_task(config.task, config.data_dir)
+        self.spec = task.spec
+        if config.eval_split not in task.splits:
+            raise ValueError(
+                f"task {self.spec.name} has no split {config.eval_split!r}; "
+                f"it has {sorted(task.splits)}"
+            )
+        if "train" not in task.splits:
+            raise ValueError(
+                f"task {self.spec.name} has no training split; it can only be used for evaluation"
+            )
+        self.likelihood = get_likelihood(self.spec.likelihood)
+        causal = self.likelihood.causal
+        hf_model, self.tokenizer, new_modules = load_backbone(
+            config.model, self.spec.num_labels, self.spec.label_names, causal=causal
+        )
+        model_config = MonteCLoRAConfig() if model_config is None else model_config
+        if config.from_peft is not None:
+            model_config = monteclora_config_from_peft(
+                config.from_peft, hf_model, model_config, new_modules=new_modules
+            )
+        heads = self.likelihood.default_heads(hf_model)
+        if model_config.modules_to_save is None and heads:
+            extra = [
+                m for m in new_modules if not any(m == h or m.startswith(h + ".") for h in heads)
+            ]
+            if extra:
+                logger.warning("training newly initialised modules %s as well", extra)
+            model_config = dataclasses.replace(model_config, modules_to_save=heads + extra)
+        self.model_cfg = model_config
+        needed = {
+            "train": first_examples(task.splits["train"], config.max_train_examples),
+            "eval": first_examples(task.splits[config.eval_split], config.max_eval_examples),
+        }
+        tokenized = tokenize_task(
+            dataclasses.replace(task, splits=needed), self.tokenizer, config.max_length
+        )
+        self.collator = make_collator(self.tokenizer, self.spec)
+        self.train_set, self.eval_set = tokenized["train"], tokenized["eval"]
+        self.method = METHODS[config.method](
+            hf_model,
+            model_config,
+            num_data=len(self.train_set),
+            likelihood=self.likelihood,
+            from_peft=config.from_peft,
+        )
+        self.device = (
+            resolve_device(config.device) if self.parallel is None else self.parallel.device
+        )
+        self.method.to(self.device)
+        self.params = self.method.params
+        self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
+        self.total_steps = (
+            config.max_steps
+            if config.max_steps is not None
+            else config.epochs * self.steps_per_epoch
+        )
+        self.optimizer = self._optimizer()
+        warmup = int(config.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: _linear_schedule(s, warmup, self.total_steps)
+        )
+        self.step = 0
+        self.evaluation: Evaluation | None = None  # the last evaluation
+        self.eval_metrics: dict | None = None  # of the last evaluation
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return ClippedAdam(
+            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, clip_norm=cfg.max_grad_norm
+        )
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / runs.CHECKPOINT_FILE
+
+    def prepare_run_dir(self, resume: bool) -> None:
+        """Create the run directory, or restore its checkpoint when resuming."""
+        if resume and self.checkpoint_path.is_file():
+            self.load_checkpoint()
+            return
+        if resume:
+            logger.warning("no checkpoint in %s: starting from scratch", self.run_dir)
+        elif runs.is_run(self.run_dir):
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it or choose "
+                "another --output-dir (nothing was overwritten)"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        runs.start_history(self.run_dir)
+        save_run_config(self.run_dir, self.cfg, self.model_cfg, peft=self.method.config_dict())
+
+    def training_state(self) -> dict:
+        """The full training state: what a checkpoint holds."""
+        return {
+            "step": self.step,
+            "train_config": dataclasses.asdict(self.cfg),
+            "model_config": self.model_cfg.to_dict(),
+            **self.method.state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        }
+
+    def restore_state(self, state: dict, source) -> None:
+        """Restore :meth:`training_state` (configurations not checked)."""
+        self.method.load_state(state, source)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.step = int(state["step"])
+
+    def save_checkpoint(self) -> None:
+        """Atomically write the full training state (rank 0 only when data-parallel)."""
+        if not self.is_main:
+            return
+        state = self.training_state()
+        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+
+    def load_checkpoint(self) -> None:
+        """Restore the state written by :meth:`save_checkpoint`, refusing a mismatched one."""
+        path = self.checkpoint_path
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(
+                f"checkpoint {path} is corrupt or unreadable ({type(err).__name__}: {err}); it "
+                "was left untouched: move it away to start afresh"
+            ) from err
+        try:
+            current = {**dataclasses.asdict(self.cfg), **self.model_cfg.to_dict()}
+            saved = {**state["train_config"], **state["model_config"]}
+            for key in ("output_dir", "device"):
+                saved[key] = current[key]
+            diffs = _differences(saved, current)
+            if diffs:
+                raise ValueError(
+                    f"checkpoint {path} was written with another configuration "
+                    f"({'; '.join(diffs)}); resume with the same options, or choose another "
+                    "--output-dir"
+                )
+            self.restore_state(state, path)
+        except (KeyError, RuntimeError) as err:
+            raise ValueError(f"checkpoint {path} is incomplete or mismatched: {err}") from err
+        runs.truncate_history(self.run_dir, self.step)
+        logger.info("resumed %s at step %d", self.run_dir, self.step)
+
+    def _log(self, record: dict) -> None:
+        if self.is_main:
+            runs.append_history(self.run_dir, record)
+
+    def _batches(self):
+        """Yield (step, epoch, batch) from ``self.step`` on; epoch e is shuffled by seed + e."""
+        while self.step < self.total_steps:
+            epoch, offset = divmod(self.step, self.steps_per_epoch)
+            loader = make_loader(
+                self.train_set,
+                self.collator,
+                self.cfg.batch_size,
+                shuffle=True,
+                seed=self.cfg.seed + epoch,
+            )
+            for batch in itertools.islice(loader, offset, None):
+                if self.step >= self.total_steps:
+                    return
+                yield epoch, batch
+
+    def train(self, resume: bool = False) -> dict:
+        """Run (or resume) the loop, then evaluate and write the final artefacts."""
+        if self.parallel is None:
+            self.prepare_run_dir(resume)
+        else:
+            self.parallel.prepare_run_dir(self, resume)
+        self.method.network.train()
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=self.cfg.method,
+            disable=not self.progress,
+            dynamic_ncols=True,
+        )
+        for epoch, batch in self._batches():
+            try:
+                if self.parallel is None:
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    loss, terms = self.method.loss(batch)
+                    loss.backward()
+                else:
+                    loss, terms = self.parallel.loss(self.method, batch, self.step)
+                    loss.backward()
+                    self.parallel.all_reduce_gradients(self.params)
+                torch.nn.utils.clip_grad_norm_(
+                    self.params, self.cfg.max_grad_norm, error_if_nonfinite=True
+                )
+            except (FloatingPointError, RuntimeError) as err:
+                if not isinstance(err, FloatingPointError) and "non-finite" not in str(err):
+                    raise
+                kept = (
+                    f"the last good checkpoint is {self.checkpoint_path}"
+                    if self.checkpoint_path.is_file()
+                    else "no checkpoint was written yet"
+                )
+                raise TrainingError(
+                    f"non-finite loss or gradient at step {self.step + 1} (epoch {epoch}): "
+                    f"{err}; {kept}"
+                ) from err
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            lr = self.scheduler.get_last_lr()[0]
+            self.scheduler.step()
+            self.step += 1
+            record = {
+                "kind": "train",
+                "step": self.step,
+                "epoch": epoch,
+                "lr": lr,
+                "loss": loss.item(),
+            }
+            record.update({k: v.item() for k, v in terms.items()})
+            self._log(record)
+            bar.update(1)
+            bar.set_postfix(
+                {k: f"{v:.4g}" for k, v in record.items() if k not in ("kind", "step", "epoch")},
+                refresh=False,
+            )
+            if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
+                metrics = self.evaluate(epoch)
+                self.method.network.train()
+                self._log({"kind": "eval", "step": self.step, "epoch": epoch, **metrics})
+                self.save_checkpoint()
+            elif self.step % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        return self.finish()
+
+    def evaluate(self, epoch: int | None = None) -> dict:
+        """Metrics of both prediction modes on the evaluation split (kept in ``evaluation``).
+
+        Those of the task's likelihood: accuracy, NLL, ECE, Brier (and the task's extra
+        metrics) of the class probabilities; per-token ``nll``, ``perplexity`` and
+        ``num_tokens`` for next-token tasks.
+
+        Returns
+        -------
+        dict
+            ``{"posterior_mean": {...}, "posterior_predictive": {...}}``.
+        """
+        loader = make_loader(
+            self.eval_set, self.collator, self.cfg.batch_size, shuffle=False, seed=0
+        )
+        self.evaluation = evaluate(
+            self.method,
+            self.likelihood,
+            loader,
+            self.cfg.num_samples,
+            self.cfg.seed,
+            self.progress,
+        )
+        metrics = self.evaluation.metrics(self.spec.metrics)
+        logger.info("epoch %s: %s", epoch, self.evaluation.summary(metrics))
+        self.eval_metrics = metrics
+        return metrics
+
+    def finish(self) -> dict:
+        """Write the method's artefacts, the metrics and the evaluation's files.
+
+        ``metrics.json`` holds the task, split, method, ``num_examples``, ``num_samples`` (the
+        draws of the predictive), ``steps`` and one entry per prediction mode. The evaluation
+        writes what its likelihood keeps (``predictions.npz`` for class probabilities).
+        """
+        if self.eval_metrics is None:
+            self.evaluate()
+        if self.is_main:
+            self.method.save(self.run_dir, self.cfg.num_samples, self.cfg.seed)
+            self.evaluation.save(self.run_dir)
+        metrics = {
+            "task": self.spec.name,
+            "split": self.cfg.eval_split,
+            "method": self.cfg.method,
+            "num_examples": len(self.eval_set),
+            "num_samples": self.evaluation.num_draws,
+            "steps": self.step,
+            **self.eval_metrics,
+        }
+        if self.is_main:
+            runs.write_metrics(self.run_dir, metrics)
+        return metrics
+
+
+def train(
+    config: TrainConfig,
+    model_config: MonteCLoRAConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune as configured; returns the final metrics (also in ``metrics.json``)."""
+    return Trainer(config, model_config, progress=progress).train(resume=resume)
+
+
+def _linear_schedule(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _differences(saved: dict, current: dict) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [
+        f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
