@@ -30,7 +30,7 @@ from train_step import build_backbone, make_batch
 
 from monteclora_pyro import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from monteclora_pyro.infer import elbo_terms
-from monteclora_pyro.models.model import noise_distribution, perturbation
+from monteclora_pyro.models.objectives import noise_distribution, perturbation
 from monteclora_pyro.sites import site_name
 
 

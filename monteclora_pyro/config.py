@@ -1,4 +1,4 @@
-"""Validated configuration of the MonteCLoRA model and guide (DESIGN.md §6)."""
+"""Validated configuration of the MonteCLoRA model and guide (docs/design.md §6)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from monteclora_pyro.files import atomic_write_text
 CONFIG_NAME = "monteclora_config.json"
 
 _CHOICES = {
+    "objective": ("paper", "bayes"),
     "covariance": ("full", "diagonal"),
     "concentration_prior": ("gamma", "fixed"),
     "noise_prior": ("standard", "hierarchical"),
@@ -29,9 +30,13 @@ class MonteCLoRAConfig:
     """Every knob of the MonteCLoRA model and guide.
 
     Field names follow PEFT's ``LoraConfig`` / ``MontecloraConfig`` where the concept is the same.
+    :meth:`paper` gives the paper's settings; :meth:`bayes` the Bayesian objective's defaults.
 
     Parameters
     ----------
+    objective : {"paper", "bayes"}
+        The paper's objective (docs/design.md §4; its faithful reproduction), or a posterior
+        over A with the MonteCLoRA sampler as variational family (docs/design.md §9).
     r : int
         Rank of the adapter.
     lora_alpha : float
@@ -48,11 +53,15 @@ class MonteCLoRAConfig:
     num_components : int
         Number K of Gaussian perturbations per layer.
     sample_scaler : float
-        ε, the scale of the perturbation of A, applied once.
+        ε, the scale of the perturbation of A, applied once; under ``"bayes"`` the initial
+        value of the learned scale σ.
     kl_loss_weight : float or None
-        η, weight of the per-example KL terms; ``None`` gives the plain Bayesian ELBO.
+        The KL multiplier; ``None`` gives the plain Bayesian ELBO. Under ``"paper"`` it is η,
+        the weight of the per-example, per-layer KL terms (latent scale η·N/L); under
+        ``"bayes"`` it is the temperature T of the KL (latent scale T).
     cooperative_weight : float
-        λ, weight of the cooperative penalty on the mixture weights.
+        λ, weight of the cooperative penalty on the mixture weights (0 under ``"bayes"``,
+        where it would break the bound).
     covariance : {"full", "diagonal"}
         Wishart covariance, or independent Gamma variances on its diagonal.
     wishart_df : float or None
@@ -71,6 +80,12 @@ class MonteCLoRAConfig:
         Use every component, or only the one with the largest weight.
     jitter : float
         Added to the diagonal of Σ before its Cholesky factorisation.
+    precision_df : float or None
+        ``"bayes"`` only: degrees of freedom of the Wishart prior on the precision Λ of the
+        columns of A (``None`` means r); must exceed r - 1.
+    precision_scale : float
+        ``"bayes"`` only: the prior mean of Λ is ``precision_scale · I`` (scale matrix
+        ``precision_scale / precision_df · I``).
     """
 
     r: int = 8
@@ -92,6 +107,9 @@ class MonteCLoRAConfig:
     noise_prior: str = "standard"
     mixture: str = "dense"
     jitter: float = 1e-6
+    precision_df: float | None = None
+    precision_scale: float = 1.0
+    objective: str = "paper"
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, tuple):
@@ -119,15 +137,35 @@ class MonteCLoRAConfig:
             self._positive("kl_loss_weight", self.kl_loss_weight)
         if not _is_number(self.lora_dropout) or not 0.0 <= self.lora_dropout < 1.0:
             _fail("lora_dropout", self.lora_dropout, "dropout must lie in [0, 1)")
-        if self.wishart_df is not None:
-            if not _is_number(self.wishart_df) or self.wishart_df <= self.r - 1:
-                _fail("wishart_df", self.wishart_df, f"it must be a number > r - 1 = {self.r - 1}")
+        for name in ("wishart_df", "precision_df"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value <= self.r - 1):
+                _fail(name, value, f"it must be a number > r - 1 = {self.r - 1}")
+        self._positive("precision_scale", self.precision_scale)
         for name, allowed in _CHOICES.items():
             value = getattr(self, name)
             if value not in allowed:
                 _fail(name, value, f"allowed values are {', '.join(map(repr, allowed))}")
         self._names("target_modules", self.target_modules, allow_regex=True)
         self._names("modules_to_save", self.modules_to_save, allow_regex=False)
+        if self.objective == "bayes" and self.cooperative_weight > 0:
+            _fail(
+                "cooperative_weight",
+                self.cooperative_weight,
+                "objective='bayes' has no cooperative factor (it would break the lower bound); "
+                "set it to 0, e.g. with MonteCLoRAConfig.bayes()",
+            )
+
+    @classmethod
+    def paper(cls, **overrides) -> MonteCLoRAConfig:
+        """The paper's objective and settings (the defaults of this class)."""
+        return cls(**{"objective": "paper", **overrides})
+
+    @classmethod
+    def bayes(cls, **overrides) -> MonteCLoRAConfig:
+        """The Bayesian objective: the ELBO (temperature 1), no cooperative factor."""
+        defaults = {"objective": "bayes", "kl_loss_weight": None, "cooperative_weight": 0.0}
+        return cls(**{**defaults, **overrides})
 
     @property
     def scaling(self) -> float:
@@ -138,6 +176,11 @@ class MonteCLoRAConfig:
     def prior_df(self) -> float:
         """ν0, the Wishart degrees of freedom of the prior."""
         return float(self.r if self.wishart_df is None else self.wishart_df)
+
+    @property
+    def precision_prior_df(self) -> float:
+        """The Wishart degrees of freedom of the prior on Λ (``"bayes"``)."""
+        return float(self.r if self.precision_df is None else self.precision_df)
 
     def to_dict(self) -> dict:
         """Plain, JSON-serialisable dictionary of every field."""

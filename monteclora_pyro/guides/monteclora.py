@@ -1,4 +1,4 @@
-"""The MonteCLoRA sampler: a mixture-of-Gaussians guide built from the model (DESIGN.md §3)."""
+"""The MonteCLoRA sampler: a mixture-of-Gaussians guide built from the model (docs/design.md §3)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from torch import nn
 from torch.distributions import transform_to
 
 from monteclora_pyro.models.distributions import Wishart
-from monteclora_pyro.models.model import MonteCLoRAModel, noise_distribution
+from monteclora_pyro.models.model import MonteCLoRAModel
+from monteclora_pyro.models.objectives import noise_distribution
 from monteclora_pyro.models.params import register_params
 from monteclora_pyro.sites import site_name, split_site_name
 

@@ -40,9 +40,9 @@ class Wishart(dist.Wishart):
 
 
 class IIDMultivariateNormal(dist.TorchDistribution):
-    """Zero-mean rows drawn independently from one N(0, L Lᵀ), as a single event.
+    """Rows drawn independently from N(m, L Lᵀ), one shared covariance, as a single event.
 
-    The event has shape ``rows + (r,)``. It equals
+    The event has shape ``rows + (r,)``. With ``loc=None`` (zero means) it equals
     ``MultivariateNormal(0, scale_tril=L).expand(rows).to_event(len(rows))``, but samples with
     one matrix product and computes its log density and its KL to another such distribution
     from the single (r, r) factor instead of once per row.
@@ -53,17 +53,28 @@ class IIDMultivariateNormal(dist.TorchDistribution):
         The lower Cholesky factor L, of shape (r, r).
     rows : tuple of int
         The shape of the array of rows, e.g. ``(K, d_in)``.
+    loc : torch.Tensor, optional
+        The mean of every row, shape ``rows + (r,)``; zero when None.
     """
 
     arg_constraints: ClassVar[dict] = {"scale_tril": constraints.lower_cholesky}
     has_rsample = True
 
-    def __init__(self, scale_tril: torch.Tensor, rows: tuple[int, ...], validate_args=None):
+    def __init__(
+        self,
+        scale_tril: torch.Tensor,
+        rows: tuple[int, ...],
+        loc: torch.Tensor | None = None,
+        validate_args=None,
+    ):
         if scale_tril.dim() != 2 or scale_tril.shape[0] != scale_tril.shape[1]:
             raise ValueError(f"scale_tril must be a square matrix, got {tuple(scale_tril.shape)}")
         self.scale_tril = scale_tril
         self.rows = torch.Size(rows)
         event_shape = self.rows + scale_tril.shape[-1:]
+        if loc is not None and loc.shape != event_shape:
+            raise ValueError(f"loc must have shape {tuple(event_shape)}, got {tuple(loc.shape)}")
+        self.loc = loc
         super().__init__(torch.Size(), event_shape, validate_args=validate_args)
 
     @constraints.dependent_property(is_discrete=False)
@@ -76,7 +87,7 @@ class IIDMultivariateNormal(dist.TorchDistribution):
 
     @property
     def mean(self) -> torch.Tensor:
-        return self.scale_tril.new_zeros(self.event_shape)
+        return self.scale_tril.new_zeros(self.event_shape) if self.loc is None else self.loc
 
     @property
     def covariance_matrix(self) -> torch.Tensor:
@@ -86,12 +97,15 @@ class IIDMultivariateNormal(dist.TorchDistribution):
     def rsample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
         eps = torch.randn(shape, dtype=self.scale_tril.dtype, device=self.scale_tril.device)
-        return eps @ self.scale_tril.mT
+        draw = eps @ self.scale_tril.mT
+        return draw if self.loc is None else self.loc + draw
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
         r = self.scale_tril.shape[-1]
+        if self.loc is not None:
+            value = value - self.loc
         # Each row v becomes L⁻¹v: solve X Lᵀ = V for the rows V.
         white = torch.linalg.solve_triangular(self.scale_tril.mT, value, upper=True, left=False)
         maha = white.pow(2).flatten(-len(self.event_shape)).sum(-1)
@@ -107,13 +121,80 @@ _LOG_2PI = math.log(2 * math.pi)
 
 @register_kl(IIDMultivariateNormal, IIDMultivariateNormal)
 def kl_iid_mvn(q: IIDMultivariateNormal, p: IIDMultivariateNormal) -> torch.Tensor:
-    """KL(q ‖ p): the number of rows times ½(tr(Σ_p⁻¹ Σ_q) - r + log|Σ_p| - log|Σ_q|)."""
+    """KL(q ‖ p): the number of rows times ½(tr(Σ_p⁻¹ Σ_q) - r + log|Σ_p| - log|Σ_q|).
+
+    Zero-mean rows only (the KL of the noise rows of the paper objective).
+    """
     if q.event_shape != p.event_shape:
         raise ValueError(f"event shapes differ: {q.event_shape} and {p.event_shape}")
+    if q.loc is not None or p.loc is not None:
+        raise NotImplementedError("kl_iid_mvn takes zero-mean rows only")
     r = q.scale_tril.shape[-1]
     trace = torch.linalg.solve_triangular(p.scale_tril, q.scale_tril, upper=False).pow(2).sum()
     per_row = 0.5 * (trace - r) + _half_logdet(p.scale_tril) - _half_logdet(q.scale_tril)
     return q.num_rows * per_row
+
+
+class PrecisionRows(dist.TorchDistribution):
+    """Rows drawn independently from N(0, Λ⁻¹), given the precision Λ, as a single event.
+
+    The prior of the columns of A under ``objective="bayes"`` (docs/design.md §9): the event has
+    shape ``(rows, r)``.
+
+    Parameters
+    ----------
+    precision : torch.Tensor
+        Λ, of shape (r, r), positive definite.
+    rows : int
+        The number of rows (d_in, the columns of A).
+    """
+
+    arg_constraints: ClassVar[dict] = {"precision": constraints.positive_definite}
+    has_rsample = True
+
+    def __init__(self, precision: torch.Tensor, rows: int, validate_args=None):
+        if precision.dim() != 2 or precision.shape[0] != precision.shape[1]:
+            raise ValueError(f"precision must be a square matrix, got {tuple(precision.shape)}")
+        self.precision = precision
+        self.precision_tril = torch.linalg.cholesky(precision)
+        self.rows = rows
+        super().__init__(torch.Size(), (rows, precision.shape[-1]), validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=False)
+    def support(self) -> constraints.Constraint:
+        return constraints.independent(constraints.real, 2)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.precision.new_zeros(self.event_shape)
+
+    def rsample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        eps = torch.randn(shape, dtype=self.precision.dtype, device=self.precision.device)
+        # With Λ = P Pᵀ, the row x = ε P⁻¹ has covariance P⁻ᵀ P⁻¹ = Λ⁻¹.
+        return torch.linalg.solve_triangular(self.precision_tril, eps, upper=False, left=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        r = self.precision.shape[-1]
+        maha = (value @ self.precision_tril).pow(2).sum((-2, -1))
+        return -0.5 * maha + self.rows * (_half_logdet(self.precision_tril) - r / 2 * _LOG_2PI)
+
+
+@register_kl(IIDMultivariateNormal, PrecisionRows)
+def kl_rows_to_precision_rows(q: IIDMultivariateNormal, p: PrecisionRows) -> torch.Tensor:
+    """KL(q ‖ p) for rows N(m_j, S) against N(0, Λ⁻¹).
+
+    ``½ Σ_j [tr(Λ S) + m_jᵀ Λ m_j - r - log|Λ| - log|S|]``.
+    """
+    if q.event_shape != p.event_shape:
+        raise ValueError(f"event shapes differ: {q.event_shape} and {p.event_shape}")
+    r = q.scale_tril.shape[-1]
+    trace = (p.precision_tril.mT @ q.scale_tril).pow(2).sum()
+    maha = 0.0 if q.loc is None else (q.loc @ p.precision_tril).pow(2).sum()
+    logdets = 2 * _half_logdet(p.precision_tril) + 2 * _half_logdet(q.scale_tril)
+    return 0.5 * (q.num_rows * (trace - r - logdets) + maha)
 
 
 def _repair(sample: torch.Tensor, attempts: int) -> torch.Tensor:

@@ -92,7 +92,7 @@ def linear_module_names(model: nn.Module) -> list[str]:
 
 
 def default_target_modules(model: nn.Module) -> list[str]:
-    """The architecture's default adapted layers (DESIGN.md §6)."""
+    """The architecture's default adapted layers (docs/design.md §6)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     for names, types in DEFAULT_TARGETS.items():
         if model_type in types:

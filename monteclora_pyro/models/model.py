@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterator
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.nn import PyroModule
 from torch import nn
 
 from monteclora_pyro.config import MonteCLoRAConfig
-from monteclora_pyro.models.distributions import IIDMultivariateNormal, Wishart
 from monteclora_pyro.models.layer import (
     MonteCLoRALinear,
     default_target_modules,
@@ -22,12 +19,13 @@ from monteclora_pyro.models.layer import (
     match_target_modules,
 )
 from monteclora_pyro.models.likelihood import Likelihood, resolve_likelihood
+from monteclora_pyro.models.objectives import OBJECTIVES
 from monteclora_pyro.models.params import register_params
-from monteclora_pyro.sites import COOPERATIVE_SITE, site_name
+from monteclora_pyro.sites import COOPERATIVE_SITE
 
 
 class MonteCLoRAModel(PyroModule):
-    """MonteCLoRA as a Pyro model (DESIGN.md §2 and §4).
+    """MonteCLoRA as a Pyro model (docs/design.md §2 and §4).
 
     Wraps the target ``nn.Linear`` modules of ``hf_model`` in place with
     :class:`~monteclora_pyro.models.layer.MonteCLoRALinear`, freezes every other weight except
@@ -70,6 +68,7 @@ class MonteCLoRAModel(PyroModule):
         self.num_data = num_data
         self.num_labels = likelihood.num_labels(hf_model)
         self.likelihood = likelihood
+        self.objective = OBJECTIVES[config.objective]
         targets = config.target_modules or default_target_modules(hf_model)
         paths = match_target_modules(hf_model, targets)
         heads = (
@@ -115,42 +114,19 @@ class MonteCLoRAModel(PyroModule):
 
     @property
     def latent_scale(self) -> float:
-        """Scale of the latent sites: η·N/L, or 1 for the plain ELBO."""
-        eta = self.config.kl_loss_weight
-        return 1.0 if eta is None else eta * self.num_data / len(self.adapters)
+        """Scale of the latent sites: the objective's (η·N/L for the paper's, 1 for the ELBO)."""
+        return self.objective.latent_scale(self)
 
     def sample_latents(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Sample every latent site (unscaled).
 
         Returns the perturbation δ of A and the mixture weights π, each keyed by layer path.
         """
-        cfg = self.config
-        deltas, weights = {}, {}
-        for path, layer in self.adapters.items():
-            prior = self._prior(path, layer)
-            cov = pyro.sample(site_name(path, "covariance"), prior["covariance"])
-            if cfg.concentration_prior == "gamma":
-                alpha = pyro.sample(site_name(path, "concentration"), prior["concentration"])
-            else:
-                alpha = prior["concentration"]
-            pi = pyro.sample(site_name(path, "weights"), dist.Dirichlet(alpha))
-            if "noise" in prior:
-                noise_dist = prior["noise"]
-            else:
-                noise_dist = noise_distribution(cov, cfg, layer.in_features)
-            noise = pyro.sample(site_name(path, "noise"), noise_dist)
-            deltas[path] = perturbation(pi, noise, cfg)
-            weights[path] = pi
-        return deltas, weights
+        return self.objective.sample_latents(self)
 
     def perturbations(self, samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """δ per layer from a dictionary of latent-site values (e.g. what a guide returns)."""
-        return {
-            path: perturbation(
-                samples[site_name(path, "weights")], samples[site_name(path, "noise")], self.config
-            )
-            for path in self.adapters
-        }
+        return self.objective.perturbations(self, samples)
 
     def forward(
         self,
@@ -209,12 +185,12 @@ class MonteCLoRAModel(PyroModule):
             return out
         return out.logits if hasattr(out, "logits") else out[0]
 
-    def _prior(self, path: str, layer: MonteCLoRALinear) -> dict:
+    def prior(self, path: str, layer: MonteCLoRALinear) -> dict:
         """The fixed prior distributions of a layer, cached per device and dtype."""
         weight = layer.lora_A
         key = (path, weight.device, weight.dtype)
         if key not in self._priors:
-            self._priors[key] = prior_distributions(
+            self._priors[key] = self.objective.priors(
                 self.config, layer.in_features, weight.device, weight.dtype
             )
         return self._priors[key]
@@ -228,68 +204,3 @@ class MonteCLoRAModel(PyroModule):
         """Undo :meth:`merge_adapters`."""
         for layer in self.adapters.values():
             layer.unmerge()
-
-
-def prior_distributions(
-    config: MonteCLoRAConfig, in_features: int, device: torch.device, dtype: torch.dtype
-) -> dict:
-    """Priors of one layer that do not depend on other latent sites.
-
-    ``concentration`` is a tensor (α0) rather than a distribution when the concentration is
-    fixed; ``noise`` is absent under the hierarchical noise prior, which depends on Σ.
-    """
-    r, k = config.r, config.num_components
-    opts = {"device": device, "dtype": dtype}
-    df = torch.tensor(config.prior_df, **opts)
-    if config.covariance == "full":
-        scale_tril = math.sqrt(config.wishart_scale) * torch.eye(r, **opts)
-        covariance = Wishart(df=df, scale_tril=scale_tril)
-    else:
-        rate = torch.full((r,), 0.5 / config.wishart_scale, **opts)
-        covariance = dist.Gamma(df / 2 * torch.ones(r, **opts), rate).to_event(1)
-    if config.concentration_prior == "gamma":
-        concentration = dist.Gamma(
-            torch.full((k,), config.concentration_shape, **opts),
-            torch.full((k,), config.concentration_rate, **opts),
-        ).to_event(1)
-    else:
-        concentration = torch.full((k,), config.concentration, **opts)
-    priors = {"covariance": covariance, "concentration": concentration}
-    if config.noise_prior == "standard":
-        identity = (
-            torch.ones(r, **opts) if config.covariance == "diagonal" else torch.eye(r, **opts)
-        )
-        priors["noise"] = noise_distribution(identity, config, in_features, jitter=0.0)
-    return priors
-
-
-def noise_distribution(
-    covariance: torch.Tensor,
-    config: MonteCLoRAConfig,
-    in_features: int,
-    jitter: float | None = None,
-) -> dist.Distribution:
-    """K·d_in independent r-vectors ~ N(0, Σ): event shape (K, d_in, r).
-
-    ``covariance`` is the (r, r) matrix Σ, or its diagonal (r,) when ``covariance="diagonal"``.
-    """
-    jitter = config.jitter if jitter is None else jitter
-    k, r = config.num_components, config.r
-    if config.covariance == "diagonal":
-        scale = (covariance + jitter).sqrt()
-        return dist.Normal(torch.zeros_like(scale), scale).expand((k, in_features, r)).to_event(3)
-    eye = torch.eye(r, dtype=covariance.dtype, device=covariance.device)
-    scale_tril = torch.linalg.cholesky(covariance + jitter * eye)
-    return IIDMultivariateNormal(scale_tril, (k, in_features))
-
-
-def perturbation(
-    weights: torch.Tensor, noise: torch.Tensor, config: MonteCLoRAConfig
-) -> torch.Tensor:
-    """δ = ε Σ_k π_k Z_kᵀ, of shape (r, d_in); only the heaviest component when sparse."""
-    if config.mixture == "sparse":
-        k = weights.argmax(-1)
-        mixed = weights[k] * noise[k]
-    else:
-        mixed = torch.einsum("k,kdr->dr", weights, noise)
-    return config.sample_scaler * mixed.t()

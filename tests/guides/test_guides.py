@@ -22,7 +22,7 @@ from monteclora_pyro import (
     elbo_terms,
 )
 from monteclora_pyro.models import IIDMultivariateNormal, Wishart
-from monteclora_pyro.models.model import perturbation
+from monteclora_pyro.models.objectives import perturbation
 
 LABELS = torch.tensor([0, 1, 1, 0])
 VARIANTS = list(

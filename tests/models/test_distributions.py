@@ -16,7 +16,7 @@ from torch.distributions.kl import _dispatch_kl
 from monteclora_pyro import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from monteclora_pyro.guides.lora import PinnedDelta
 from monteclora_pyro.models import IIDMultivariateNormal, Wishart, kl_wishart_wishart
-from monteclora_pyro.models.model import noise_distribution
+from monteclora_pyro.models.objectives import noise_distribution
 
 DOUBLE = torch.float64
 

@@ -120,7 +120,7 @@ def test_sampled_noise_changes_logits_by_epsilon():
 
 
 def test_sparse_mixture_uses_only_heaviest_component():
-    from monteclora_pyro.models.model import perturbation
+    from monteclora_pyro.models.objectives import perturbation
 
     cfg = MonteCLoRAConfig(r=2, num_components=3, mixture="sparse", sample_scaler=0.5)
     weights = torch.tensor([0.2, 0.5, 0.3])
