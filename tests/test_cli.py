@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 
-from monteclora_pyro import MonteCLoRAConfig
+from monteclora_pyro import MonteCLoRAConfig, runs
 from monteclora_pyro.cli import main
 from monteclora_pyro.training import TrainConfig
 
@@ -65,12 +64,12 @@ def test_train_then_evaluate_from_the_command_line(toy_assets, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "posterior_mean" in printed and "posterior_predictive" in printed
     assert str(out) in printed
-    config = json.loads((out / "config.json").read_text())
+    config = runs.read_config(out)
     assert config["train"]["max_steps"] == 6 and config["train"]["num_samples"] == 3
     assert config["monteclora"]["covariance"] == "diagonal"
     assert config["monteclora"]["kl_loss_weight"] is None
     assert config["monteclora"]["r"] == 4
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = runs.read_metrics(out)
     assert metrics["steps"] == 6 and metrics["num_samples"] == 3
 
     code = main(
@@ -87,7 +86,7 @@ def test_train_then_evaluate_from_the_command_line(toy_assets, tmp_path, capsys)
         ]
     )
     assert code == 0
-    evaluation = json.loads((out / "evaluations" / "sst2-train" / "metrics.json").read_text())
+    evaluation = runs.read_metrics(runs.evaluation_dir(out, "sst2", "train"))
     assert evaluation["num_examples"] == 10 and evaluation["num_samples"] == 2
     assert "sst2/train" in capsys.readouterr().out
 
@@ -139,7 +138,7 @@ def test_analyze_writes_netcdf_plots_and_report(toy_assets, tmp_path, capsys):
     import arviz as az
 
     model_dir, data_dir = toy_assets
-    runs = []
+    run_dirs = []
     for method, seed in (("monteclora", 0), ("monteclora", 1), ("lora", 0)):
         out = tmp_path / f"{method}-{seed}"
         assert (
@@ -175,17 +174,22 @@ def test_analyze_writes_netcdf_plots_and_report(toy_assets, tmp_path, capsys):
             )
             == 0
         )
-        runs.append(out)
+        run_dirs.append(out)
     report_dir = tmp_path / "report"
     capsys.readouterr()
-    assert main(["--quiet", "analyze", *map(str, runs), "--output-dir", str(report_dir)]) == 0
+    assert main(["--quiet", "analyze", *map(str, run_dirs), "--output-dir", str(report_dir)]) == 0
     printed = capsys.readouterr().out
     assert "monteclora: 2 run(s) as chains" in printed and "lora: 1 run(s)" in printed
-    assert "PSIS-LOO elpd" in printed and "r_hat" in printed
+    assert "PSIS-LOO elpd" not in printed and "r_hat" in printed
+    assert "held-out lppd on validation (n=24, S=8)" in printed  # 2 restarts x 4 draws pooled
+    assert "held-out lppd on validation (n=24, S=1)" in printed  # LoRA
+    assert "Chains are independent training restarts (different seeds)" in printed
+    assert "ESS counts independent guide draws" in printed
+    assert "held-out" in printed and "MI share" in printed
     combined = az.from_netcdf(str(report_dir / "inference_data-monteclora.nc"))
     assert combined.posterior.sizes["chain"] == 2
-    for run in runs:
-        single = az.from_netcdf(str(run / "inference_data.nc"))
+    for run in run_dirs:
+        single = az.from_netcdf(str(run / runs.INFERENCE_DATA_FILE))
         assert single.log_likelihood.sizes["chain"] == 1
     html = (report_dir / "report.html").read_text()
     pngs = sorted(p.name for p in report_dir.glob("*.png"))

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-import monteclora_pyro.sweep as sweep
-from monteclora_pyro import MonteCLoRAConfig
+import monteclora_pyro.experiments.sweep as sweep
+from monteclora_pyro import MonteCLoRAConfig, runs
 from monteclora_pyro.cli import main
-from monteclora_pyro.results import write_results
+from monteclora_pyro.experiments.results import write_results
 from monteclora_pyro.training import TrainConfig, TrainingError
 
 
@@ -124,12 +124,12 @@ def test_cell_killed_before_its_first_checkpoint_is_run_again(toy_assets, tmp_pa
     )
     cell = tmp_path / "cell"
     cell.mkdir()
-    (cell / "config.json").write_text("{}")  # what a cell killed at step 1 leaves behind
-    (cell / "history.jsonl").write_text('{"step": 1}\n')
+    (cell / runs.CONFIG_FILE).write_text("{}")  # what a cell killed at step 1 leaves behind
+    (cell / runs.HISTORY_FILE).write_text('{"step": 1}\n')
     record = sweep.run_cell(dataclasses.asdict(cfg), MonteCLoRAConfig(r=2).to_dict(), threads=1)
     assert record["status"] == "finished"
-    assert json.loads((cell / "metrics.json").read_text())["steps"] == 2
-    assert len((cell / "history.jsonl").read_text().splitlines()) > 1
+    assert runs.read_metrics(cell)["steps"] == 2
+    assert len(runs.read_history(cell)) > 1
 
 
 def test_ray_backend_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
@@ -170,17 +170,17 @@ def test_sweep_command_runs_a_2x1_grid_resumes_and_reports(toy_assets, tmp_path,
     cells = ["lora-lr0.01-bs32-s0", "lora-lr0.03-bs32-s0"]
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == cells
     assert "2 run now, 0 already finished" in capsys.readouterr().out
-    metrics = [json.loads((out / c / "metrics.json").read_text()) for c in cells]
+    metrics = [runs.read_metrics(out / c) for c in cells]
     assert [m["steps"] for m in metrics] == [2, 2]
-    assert [json.loads((out / c / "config.json").read_text())["train"]["lr"] for c in cells] == [
+    assert [runs.read_config(out / c)["train"]["lr"] for c in cells] == [
         0.01,
         0.03,
     ]
-    stamps = [(out / c / "metrics.json").stat().st_mtime_ns for c in cells]
+    stamps = [(out / c / runs.METRICS_FILE).stat().st_mtime_ns for c in cells]
 
     assert main(argv) == 0  # resumed: every cell is finished, nothing is trained again
     assert "0 run now, 2 already finished" in capsys.readouterr().out
-    assert [(out / c / "metrics.json").stat().st_mtime_ns for c in cells] == stamps
+    assert [(out / c / runs.METRICS_FILE).stat().st_mtime_ns for c in cells] == stamps
 
     summary = json.loads((out / "summary.json").read_text())["summary"]["lora"]
     for mode in ("posterior_mean", "posterior_predictive"):
@@ -245,8 +245,7 @@ def test_ray_backend_runs_the_same_cells_with_the_same_results(toy_assets, tmp_p
         cells = sweep.grid(base, ["lora"], [1e-2], [32], [0], tmp_path / backend)
         records = sweep.run_sweep(cells, MonteCLoRAConfig(r=2), backend=backend, threads=1)
         assert [r["status"] for r in records] == ["finished"]
-        metrics = tmp_path / backend / "lora-lr0.01-bs32-s0" / "metrics.json"
-        results[backend] = json.loads(metrics.read_text())
+        results[backend] = runs.read_metrics(tmp_path / backend / "lora-lr0.01-bs32-s0")
     assert tune.resources == [{"cpu": 1}] and tune.concurrency == 1
     assert results["ray"] == results["local"]
 
@@ -270,10 +269,7 @@ def test_real_ray_tune_runs_the_same_cells_with_the_same_results(toy_assets, tmp
             )
             assert sorted(r["status"] for r in records) == ["finished", "finished"]
             results[backend] = {
-                Path(c.output_dir).name: json.loads(
-                    (Path(c.output_dir) / "metrics.json").read_text()
-                )
-                for c in cells
+                Path(c.output_dir).name: runs.read_metrics(c.output_dir) for c in cells
             }
     finally:
         ray.shutdown()

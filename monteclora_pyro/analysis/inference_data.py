@@ -1,14 +1,16 @@
 """ArviZ InferenceData from run directories, and the diagnostics that go with it.
 
-This module reads the files a run writes (``config.json``, ``predictions.npz``,
-``posterior_samples.npz``, ``prior_samples.npz``, ``history.jsonl``); it never imports training
-code. Chains are independent runs (restarts with different seeds) of the same configuration.
+Reads runs through :mod:`monteclora_pyro.runs` (never imports training code). Chains are
+independent runs (restarts with different seeds) of the same configuration, not MCMC chains
+(:data:`RESTARTS_NOTE`). The ``log_likelihood`` group holds the log-likelihoods of the
+*held-out* evaluation examples (group attributes ``split`` and ``held_out = 1``): the data for
+the held-out lppd (:mod:`monteclora_pyro.analysis.heldout`), not for PSIS-LOO, which needs
+training-set log-likelihoods (docs/design.md §5).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 from pathlib import Path
 
@@ -16,35 +18,40 @@ import arviz as az
 import numpy as np
 import xarray as xr
 
-logger = logging.getLogger(__name__)
+from monteclora_pyro import runs
+from monteclora_pyro.analysis.prior_note import cooperative_tilt, num_layers, tilt_note
+from monteclora_pyro.sites import HYPERPRIOR_KINDS, TERMS, split_site_name
 
-NETCDF_FILE = "inference_data.nc"
+__all__ = [
+    "HELD_OUT_NOTE",
+    "KINDS",
+    "RESTARTS_NOTE",
+    "TRAINING_GROUP",
+    "TRAINING_TERMS",
+    "hyperprior_summary",
+    "prior_note",
+    "save_inference_data",
+    "to_inference_data",
+]
+
 TRAINING_GROUP = "training"
-TERMS = (
-    "loss",
-    "nll",
-    "kl_covariance",
-    "kl_concentration",
-    "kl_weights",
-    "kl_noise",
-    "cooperative",
+TRAINING_TERMS = ("loss", *TERMS)
+MATRIX_KINDS = ("covariance", "precision")
+KINDS = (*HYPERPRIOR_KINDS, *(k for k in MATRIX_KINDS if k not in HYPERPRIOR_KINDS))
+"""Hyperprior site kinds the analysis shows (``precision`` of ``objective="bayes"`` included)."""
+RESTARTS_NOTE = (
+    "Chains are independent training restarts (different seeds), not MCMC chains: R-hat "
+    "measures the disagreement between restarts and ESS counts independent guide draws."
 )
-HYPERPRIOR_KINDS = ("covariance", "concentration", "weights")
-
-
-def site_kind(name: str) -> str:
-    """``"covariance"`` for ``"bert....query.covariance"``."""
-    return name.rpartition(".")[2]
-
-
-def site_layer(name: str) -> str:
-    """``"bert....query"`` for ``"bert....query.covariance"``."""
-    return name.rpartition(".")[0]
+HELD_OUT_NOTE = (
+    "log-likelihoods of held-out evaluation examples, which the posterior never conditioned "
+    "on: sum their log mean over draws for the held-out lppd; do not apply PSIS-LOO to them"
+)
 
 
 def _site_dims(name: str, ndim: int) -> list[str]:
-    kind = site_kind(name)
-    if kind == "covariance":
+    kind = split_site_name(name)[1]
+    if kind in MATRIX_KINDS:
         return ["rank", "rank_bis"][:ndim]
     if kind in ("concentration", "weights"):
         return ["component"]
@@ -52,32 +59,25 @@ def _site_dims(name: str, ndim: int) -> list[str]:
 
 
 def _read_run(run_dir: Path) -> dict:
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} not found: {run_dir} is not a run directory")
-    predictions_path = run_dir / "predictions.npz"
-    metrics_path = run_dir / "metrics.json"
-    if not predictions_path.is_file():
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        if "perplexity" in metrics.get("posterior_mean", {}):
-            raise ValueError(
-                f"{run_dir} is a next-token run: it has no class probabilities "
-                "(predictions.npz) to analyse; its per-token NLL and perplexity are in "
-                "metrics.json"
-            )
-        raise FileNotFoundError(f"{predictions_path} not found: has the run finished?")
-    run = {"dir": run_dir, "config": json.loads(config_path.read_text())}
-    with np.load(predictions_path) as data:
-        run["labels"], run["draw_probs"] = data["labels"], data["draw_probs"]
-    for group in ("posterior", "prior"):
-        path = run_dir / f"{group}_samples.npz"
-        if path.is_file():
-            with np.load(path) as data:
-                run[group] = {name: data[name] for name in data.files}
-    history = run_dir / "history.jsonl"
-    lines = history.read_text().splitlines() if history.is_file() else []
-    run["history"] = [r for r in map(json.loads, lines) if r.get("kind") == "train"]
-    return run
+    config = runs.read_config(run_dir)
+    if not runs.has_predictions(run_dir) and runs.read_metrics(run_dir, missing_ok=True):
+        # A finished run without class probabilities: only next-token runs are.
+        raise ValueError(
+            f"{run_dir} is a next-token run: it has no class probabilities "
+            f"({runs.PREDICTIONS_FILE}) to analyse; its per-token NLL and perplexity are "
+            f"in {runs.METRICS_FILE}"
+        )
+    predictions = runs.read_predictions(run_dir)
+    return {
+        "dir": run_dir,
+        "config": config,
+        "metrics": runs.read_metrics(run_dir, missing_ok=True),
+        "labels": predictions.labels,
+        "draw_probs": predictions.draw_probs,
+        "posterior": runs.read_samples(run_dir, "posterior"),
+        "prior": runs.read_samples(run_dir, "prior"),
+        "history": runs.history_arrays(run_dir),
+    }
 
 
 def _stack(arrays: list[np.ndarray], name: str, run_dirs: list[Path]) -> np.ndarray:
@@ -107,22 +107,27 @@ def to_inference_data(run_dirs: str | Path | list, seed: int = 0) -> az.Inferenc
         ``posterior`` and ``prior`` (one variable per hyperprior site, named as the Pyro site;
         absent for LoRA), ``posterior_predictive``, ``observed_data`` and ``log_likelihood``
         (variable ``y`` over ``example``), and a ``training`` group with every loss term per
-        ``step``.
+        ``step``. The ``log_likelihood`` group is of the held-out evaluation split: its
+        attributes are ``split``, ``held_out = 1`` and ``note`` (:data:`HELD_OUT_NOTE`); do not
+        give it to ``az.loo``. Under the paper objective with a cooperative weight λ > 0 the
+        ``prior`` group's attributes say that its draws omit the cooperative tilt
+        (``cooperative_tilt = "omitted"``, ``cooperative_weight``, ``num_train_examples``,
+        ``num_layers``, ``tilt_scale`` and ``prior_note``).
     """
     if isinstance(run_dirs, str | Path):
         run_dirs = [run_dirs]
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise ValueError("to_inference_data needs at least one run directory")
-    runs = [_read_run(d) for d in run_dirs]
-    methods = {r["config"]["train"]["method"] for r in runs}
+    loaded = [_read_run(d) for d in run_dirs]
+    methods = {r["config"]["train"]["method"] for r in loaded}
     if len(methods) > 1:
         raise ValueError(f"runs mix methods {sorted(methods)}: chains must share one method")
-    labels = runs[0]["labels"]
-    for run in runs[1:]:
+    labels = loaded[0]["labels"]
+    for run in loaded[1:]:
         if not np.array_equal(run["labels"], labels):
             raise ValueError(f"{run['dir']} was evaluated on other examples than {run_dirs[0]}")
-    draw_probs = _stack([r["draw_probs"] for r in runs], "predictions", run_dirs)
+    draw_probs = _stack([r["draw_probs"] for r in loaded], "predictions", run_dirs)
     chains, draws, examples, _ = draw_probs.shape
     rng = np.random.default_rng(seed)
     cumulative = draw_probs.cumsum(-1)
@@ -136,40 +141,55 @@ def to_inference_data(run_dirs: str | Path | list, seed: int = 0) -> az.Inferenc
         "observed_data": {"y": labels},
     }
     dims = {"y": ["example"]}
-    if all("posterior" in r for r in runs):
-        names = list(runs[0]["posterior"])
+    if all(r["posterior"] is not None for r in loaded):
+        names = list(loaded[0]["posterior"])
         groups["posterior"] = {
-            n: _stack([r["posterior"][n] for r in runs], n, run_dirs) for n in names
+            n: _stack([r["posterior"][n] for r in loaded], n, run_dirs) for n in names
         }
-        if "prior" in runs[0]:
-            groups["prior"] = {n: runs[0]["prior"][n][None] for n in runs[0]["prior"]}
+        if loaded[0]["prior"] is not None:
+            groups["prior"] = {n: loaded[0]["prior"][n][None] for n in loaded[0]["prior"]}
         for n in names:
             dims[n] = _site_dims(n, groups["posterior"][n].ndim - 2)
     attrs = {
         "method": methods.pop(),
-        "task": runs[0]["config"]["train"]["task"],
+        "task": loaded[0]["config"]["train"]["task"],
         "run_dirs": json.dumps([str(d) for d in run_dirs]),
         "chains_are": "independent training restarts",
     }
     idata = az.from_dict(**groups, dims=dims, attrs=attrs, coords={"example": np.arange(examples)})
-    idata.add_groups({TRAINING_GROUP: _training_dataset(runs)}, warn_on_custom_groups=False)
+    first = loaded[0]
+    split = first["metrics"].get("split") or first["config"]["train"].get("eval_split", "")
+    idata.log_likelihood.attrs.update(
+        {"split": str(split), "held_out": 1, "note": HELD_OUT_NOTE, "chains_are": RESTARTS_NOTE}
+    )
+    if "prior" in idata.groups():
+        tilt = cooperative_tilt(
+            first["config"], first["metrics"], num_layers(idata.prior.data_vars)
+        )
+        if tilt is not None:
+            idata.prior.attrs.update(
+                {"cooperative_tilt": "omitted", **tilt, "prior_note": tilt_note(tilt)}
+            )
+    idata.add_groups({TRAINING_GROUP: _training_dataset(loaded)}, warn_on_custom_groups=False)
     return idata
 
 
-def _training_dataset(runs: list[dict]) -> xr.Dataset:
-    steps = max((len(r["history"]) for r in runs), default=0)
+def _training_dataset(loaded: list[dict]) -> xr.Dataset:
+    lengths = [len(next(iter(r["history"].values()), ())) for r in loaded]
+    steps = max(lengths, default=0)
     data = {}
-    for term in TERMS:
-        values = np.full((len(runs), steps), np.nan)
-        for chain, run in enumerate(runs):
-            for i, record in enumerate(run["history"]):
-                values[chain, i] = record.get(term, np.nan)
+    for term in TRAINING_TERMS:
+        values = np.full((len(loaded), steps), np.nan)
+        for chain, (run, length) in enumerate(zip(loaded, lengths, strict=True)):
+            if term in run["history"]:
+                values[chain, :length] = run["history"][term]
         data[term] = (("chain", "step"), values)
-    return xr.Dataset(data, coords={"chain": np.arange(len(runs)), "step": np.arange(1, steps + 1)})
+    coords = {"chain": np.arange(len(loaded)), "step": np.arange(1, steps + 1)}
+    return xr.Dataset(data, coords=coords)
 
 
 def save_inference_data(
-    idata: az.InferenceData, directory: str | Path, name: str = NETCDF_FILE
+    idata: az.InferenceData, directory: str | Path, name: str = runs.INFERENCE_DATA_FILE
 ) -> Path:
     """Write ``idata`` as netCDF into ``directory``; reload with :func:`arviz.from_netcdf`."""
     Path(directory).mkdir(parents=True, exist_ok=True)
@@ -179,37 +199,25 @@ def save_inference_data(
 
 
 def hyperprior_summary(idata: az.InferenceData, **kwargs):
-    """``az.summary`` of the hyperprior sites (R-hat and ESS compare restarts).
+    """``az.summary`` of the hyperprior sites, with :data:`RESTARTS_NOTE` as its caption.
 
-    With one chain, R-hat is undefined and reported as NaN.
+    The chains are restarts: R-hat measures the disagreement between restarts and ESS counts
+    independent guide draws. With one chain, R-hat is undefined and reported as NaN. The
+    returned frame keeps ArviZ's columns; ``frame.attrs["caption"]`` holds the note.
     """
     if "posterior" not in idata.groups():
         raise ValueError("this InferenceData has no posterior (a LoRA run has none)")
-    names = [v for v in idata.posterior.data_vars if site_kind(v) in HYPERPRIOR_KINDS]
+    names = [v for v in idata.posterior.data_vars if split_site_name(str(v))[1] in KINDS]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]hape validation failed.*")
-        return az.summary(idata, var_names=names, **kwargs)
+        frame = az.summary(idata, var_names=names, **kwargs)
+    frame.attrs["caption"] = RESTARTS_NOTE
+    return frame
 
 
-def psis_loo(idata: az.InferenceData) -> tuple[az.ELPDData | None, list[str]]:
-    """PSIS-LOO over the evaluation examples, and the warnings it raised (Pareto k included).
-
-    Returns ``(None, [reason])`` where LOO does not apply (fewer than two draws). The warnings
-    are also logged, so that a caller that ignores them still shows them to the user.
-    """
-    draws = idata.log_likelihood.sizes["chain"] * idata.log_likelihood.sizes["draw"]
-    if draws < 2:
-        return None, [f"PSIS-LOO needs at least two posterior draws, this has {draws}"]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        loo = az.loo(idata, pointwise=True)
-    messages = [str(w.message) for w in caught]
-    bad = int((loo.pareto_k > 0.7).sum())
-    if bad:
-        messages.append(
-            f"{bad} of {loo.pareto_k.size} examples have Pareto k > 0.7: the "
-            "PSIS-LOO estimate for them is unreliable"
-        )
-    for message in messages:
-        logger.warning("PSIS-LOO: %s", message)
-    return loo, messages
+def prior_note(idata: az.InferenceData | None) -> str | None:
+    """The note of the ``prior`` group on the omitted cooperative tilt, or ``None``."""
+    if idata is None or "prior" not in idata.groups():
+        return None
+    note = idata.prior.attrs.get("prior_note")
+    return str(note) if note else None

@@ -44,9 +44,17 @@ def _wishart(rng, shape, scale=1.0):
 
 
 def make_idata(
-    seed: int = 0, covariance: str = "full", layers: list[str] = LAYERS
+    seed: int = 0,
+    covariance: str = "full",
+    layers: list[str] = LAYERS,
+    precision: bool = True,
+    prior_attrs: dict | None = None,
 ) -> az.InferenceData:
-    """InferenceData with the schema of ``to_inference_data`` (``layers``, r=3, K=4)."""
+    """InferenceData with the schema of ``to_inference_data`` (``layers``, r=3, K=4).
+
+    ``precision`` adds the r × r precision sites of ``objective="bayes"``; ``prior_attrs`` go
+    to the prior group (e.g. its note on the omitted cooperative tilt).
+    """
     rng = np.random.default_rng(seed)
     posterior, prior, dims = {}, {}, {}
     for group, chains, scale, out in ((posterior, CHAINS, 0.05, "post"), (prior, 1, 1.0, "prior")):
@@ -62,6 +70,9 @@ def make_idata(
                 2.0 if out == "prior" else 20.0, 0.5 if out == "prior" else 0.05, size=(*shape, K)
             )
             group[f"{layer}.weights"] = rng.dirichlet(np.ones(K), size=shape)
+            if precision:
+                group[f"{layer}.precision"] = _wishart(rng, shape, scale)
+                dims[f"{layer}.precision"] = ["rank", "rank_bis"]
             dims[f"{layer}.concentration"] = ["component"]
             dims[f"{layer}.weights"] = ["component"]
     y = rng.integers(0, 2, size=N)
@@ -79,6 +90,7 @@ def make_idata(
         coords={"chain": np.arange(CHAINS), "step": steps},
     )
     idata.add_groups({"training": training}, warn_on_custom_groups=False)
+    idata.prior.attrs.update(prior_attrs or {})
     return idata
 
 
@@ -115,12 +127,13 @@ def test_prior_posterior(idata, kind, tmp_path):
     assert isinstance(fig, Figure)
     assert fig.get_suptitle() == f"{kind}: prior vs posterior"
     titles = _titles(fig)
-    per_layer = {"covariance": 2, "concentration": 1, "weights": 2}[kind]
+    per_layer = {"covariance": 2, "concentration": 1, "weights": 2, "precision": 2}[kind]
     assert len(titles) == 2 * per_layer
     assert all(any(s in t for s in SHORT) for t in titles)
-    if kind == "covariance":
-        assert any("eigenvalues of Σ" in t for t in titles)
-        assert any("diagonal of Σ" in t for t in titles)
+    symbol = {"covariance": "Σ", "precision": "Λ"}.get(kind)
+    if symbol:
+        assert any(f"eigenvalues of {symbol}" in t for t in titles)
+        assert any(f"diagonal of {symbol}" in t for t in titles)
     for ax in fig.axes:
         assert ax.get_ylabel() == "fraction of draws"
         assert ax.get_xlabel()
@@ -141,12 +154,33 @@ def test_prior_posterior_diagonal_and_pooled(tmp_path):
     diag = make_idata(seed=1, covariance="diagonal")
     fig = plots.plot_prior_posterior(diag, "covariance")
     assert len(fig.axes) == 2
-    assert all("variances (= eigenvalues of Σ)" in t for t in _titles(fig))
+    assert all("diagonal (= eigenvalues) of Σ" in t for t in _titles(fig))
     pooled = plots.plot_prior_posterior(diag, "weights", max_panels=2)
     assert [t.split(":")[0] for t in _titles(pooled)] == ["pooled over 2 layers"] * 2
     _renders(pooled, tmp_path, "pooled")
     with pytest.raises(ValueError, match="kind"):
         plots.plot_prior_posterior(diag, "noise")
+
+
+def test_without_precision_sites_the_figures_skip_the_kind(tmp_path):
+    paper = make_idata(seed=3, precision=False)
+    assert plots.layer_sites(paper, "precision") == {}
+    assert f"{LAYERS[0]}.precision.trace" not in plots.hyperprior_summaries(paper)
+    assert len([ax for ax in plots.plot_rank(paper).axes if ax.get_visible()]) == 6
+    with pytest.raises(ValueError, match="no posterior"):
+        plots.plot_prior_posterior(paper, "precision")
+
+
+def test_prior_posterior_says_that_the_prior_omits_the_cooperative_tilt(tmp_path):
+    note = "prior shown without the cooperative tilt (λ = 1, N/L = 200): pinned by that tilt"
+    tilted = make_idata(seed=4, precision=False, prior_attrs={"prior_note": note})
+    for kind in ("weights", "concentration"):
+        title = plots.plot_prior_posterior(tilted, kind).get_suptitle()
+        assert title.startswith(f"{kind}: prior vs posterior\n")
+        assert "without the cooperative tilt" in title and "N/L = 200" in title.replace("\n", " ")
+    cov = plots.plot_prior_posterior(tilted, "covariance")
+    assert cov.get_suptitle() == "covariance: prior vs posterior"
+    _renders(plots.plot_prior_posterior(tilted, "weights"), tmp_path, "tilt")
 
 
 def test_hyperprior_summaries(idata):
@@ -157,14 +191,20 @@ def test_hyperprior_summaries(idata):
     np.testing.assert_allclose(
         ds[f"{LAYERS[0]}.covariance.trace"], np.trace(cov, axis1=-2, axis2=-1)
     )
+    precision = idata.posterior[f"{LAYERS[1]}.precision"].values
+    np.testing.assert_allclose(
+        ds[f"{LAYERS[1]}.precision.trace"], np.trace(precision, axis1=-2, axis2=-1)
+    )
 
 
 def test_rank(idata, tmp_path):
     fig = plots.plot_rank(idata)
     visible = [ax for ax in fig.axes if ax.get_visible()]
-    assert len(visible) == 6
+    assert len(visible) == 2 * len(plots.KINDS) == 8
     assert fig.get_suptitle().startswith("rank plot across chains")
+    assert "independent training restarts" in fig.get_suptitle()
     assert any("trace of Σ" in t for t in _titles(fig))
+    assert any("trace of Λ" in t for t in _titles(fig))
     assert all(ax.get_xlabel() == "Rank (all chains)" for ax in visible)
     one = plots.plot_rank(idata, var_names=f"{LAYERS[0]}.weights")
     assert len([ax for ax in one.axes if ax.get_visible()]) == K
@@ -175,10 +215,10 @@ def test_forest_layers(idata, kind, tmp_path):
     fig = plots.plot_forest_layers(idata, kind)
     (ax,) = fig.axes
     assert [t.get_text() for t in ax.get_yticklabels()] == SHORT
-    assert ax.get_xlabel() in ("trace of Σ", "mean concentration α", "max weight π")
+    assert ax.get_xlabel() in ("trace of Σ", "mean concentration α", "max weight π", "trace of Λ")
     assert ax.get_ylabel() == "layer"
-    assert "94% HDI" in ax.get_title()
-    assert _legend_texts(ax) == ["chain 0", "chain 1", "prior"]
+    assert "94% HDI" in ax.get_title() and "restart" in ax.get_title()
+    assert _legend_texts(ax) == ["restart 0", "restart 1", "prior"]
 
 
 def _probs(rng, n=200, c=2, sharp=2.0):
@@ -241,7 +281,7 @@ def test_training_curves(idata, tmp_path):
     assert visible[0].get_title() == "loss (negative ELBO)"
     assert all(ax.get_xlabel() == "step" for ax in visible)
     assert all(ax.get_yscale() == "log" for ax in visible)
-    assert _legend_texts(visible[0]) == ["chain 0", "chain 1"]
+    assert _legend_texts(visible[0]) == ["restart 0", "restart 1"]
     assert fig.get_suptitle() == "training curves"
     history = {
         "step": np.arange(1, 201),
@@ -256,11 +296,26 @@ def test_training_curves(idata, tmp_path):
     _renders(fig2, tmp_path, "training")
 
 
+def test_sweep_plot():
+    records = [
+        {"method": m, "lr": lr, "failed": False}
+        | {mode: {"accuracy": acc, "nll": 1 - acc} for mode in ("posterior_mean", "x")}
+        for m, lr, acc in (("lora", 1e-4, 0.6), ("lora", 1e-3, 0.7), ("monteclora", 1e-3, 0.8))
+    ]
+    records.append({"method": "monteclora", "lr": 1e-4, "failed": True})
+    fig = plots.plot_sweep(records, ["monteclora", "lora"], ["accuracy", "nll"], ["x"])
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    ax = fig.axes[0]
+    assert ax.get_title() == "accuracy (x)" and ax.get_xscale() == "log"
+    assert _legend_texts(ax) == ["monteclora", "lora"]
+    assert list(ax.lines[1].get_ydata()) == [0.6, 0.7]
+
+
 def test_analysis_imports_no_training_code():
-    root = Path(plots.__file__).parent
+    root = Path(plots.__file__).parents[1]
     allowed = {"arviz", "numpy", "xarray", "matplotlib", "monteclora_pyro.analysis"}
-    allowed |= {f"monteclora_pyro.{m}" for m in ("metrics", "runs", "sites", "files")}
-    for path in sorted(root.glob("*.py")):
+    allowed |= {f"monteclora_pyro.{m}" for m in ("metrics", "runs", "sites", "files", "domains")}
+    for path in sorted(root.rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module == "monteclora_pyro":

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from monteclora_pyro import runs
+from monteclora_pyro.analysis.tables import format_table
 from monteclora_pyro.config import MonteCLoRAConfig
-from monteclora_pyro.evaluation import MODES, Predictions
-from monteclora_pyro.files import atomic_write_text
-from monteclora_pyro.sweep import (
+from monteclora_pyro.experiments.sweep import (
     SWEEP_METRICS,
     SWEEP_PLOT,
     collect,
@@ -21,7 +21,9 @@ from monteclora_pyro.sweep import (
     summarize,
     write_summary,
 )
-from monteclora_pyro.training import PREDICTIONS_FILE, TrainConfig, load_run_config
+from monteclora_pyro.files import atomic_write_text
+from monteclora_pyro.runs import MODES
+from monteclora_pyro.training import TrainConfig, load_run_config
 
 SWEPT = ("task", "method", "lr", "batch_size", "seed", "output_dir")
 SETTINGS = (
@@ -85,7 +87,7 @@ def sweep_section(sweep_dir: str | Path, doc_dir: Path) -> str:
     seeds = sorted({r["seed"] for r in records})
     baseline = ""
     if finished:
-        labels = Predictions.load(first / PREDICTIONS_FILE).labels
+        labels = runs.read_predictions(first).labels
         baseline = (
             f"Majority-class accuracy on this evaluation set ({len(labels)} examples): "
             f"{np.bincount(labels).max() / len(labels):.4f}; "
@@ -152,21 +154,19 @@ def sweep_section(sweep_dir: str | Path, doc_dir: Path) -> str:
         "batch sizes and seeds, band from min to max)",
         "",
     ]
-    per_cell = [
-        "| cell | "
-        + " | ".join(f"{m} ({mode[10:]})" for mode in MODES for m in SWEEP_METRICS)
-        + " |",
-        "|---|" + "---|" * (len(MODES) * len(SWEEP_METRICS)),
-    ]
-    for r in records:
-        values = (
-            ["diverged"] * (len(MODES) * len(SWEEP_METRICS))
-            if r["failed"]
-            else [f"{r[mode][m]:.4f}" for mode in MODES for m in SWEEP_METRICS]
-        )
-        per_cell.append(f"| {r['run_dir']} | " + " | ".join(values) + " |")
-    lines += ["<details><summary>Every cell</summary>", "", *per_cell, "", "</details>", ""]
+    columns = [f"{m} ({mode[10:]})" for mode in MODES for m in SWEEP_METRICS]
+    rows = [_cell_row(r, columns) for r in records]
+    per_cell = format_table(rows, ["cell", *columns], markdown=True)
+    lines += ["<details><summary>Every cell</summary>", "", per_cell, "", "</details>", ""]
     return "\n".join(lines)
+
+
+def _cell_row(record: dict, columns: list[str]) -> dict:
+    if record["failed"]:
+        values = ["diverged"] * len(columns)
+    else:
+        values = [record[mode][m] for mode in MODES for m in SWEEP_METRICS]
+    return {"cell": record["run_dir"], **dict(zip(columns, values, strict=True))}
 
 
 def write_results(sweep_dirs: list[str | Path], output: str | Path, command: str) -> Path:

@@ -21,13 +21,16 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
+from monteclora_pyro import runs
+from monteclora_pyro.analysis.plots import plot_sweep
+from monteclora_pyro.analysis.tables import format_table
 from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.data import get_task_spec
-from monteclora_pyro.evaluation import MODES
 from monteclora_pyro.files import atomic_write_text
+from monteclora_pyro.models.likelihood import get_likelihood
+from monteclora_pyro.runs import MODES
 from monteclora_pyro.training import (
-    ALL_METHODS,
-    METRICS_FILE,
+    METHOD_NAMES,
     TrainConfig,
     TrainingError,
     load_run_config,
@@ -43,6 +46,7 @@ CELL_FILE = "sweep_cell.json"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 SWEEP_PLOT = "sweep.png"
+SWEEP_PLOT_DPI = 110
 BACKENDS = ("local", "ray")
 
 
@@ -83,9 +87,9 @@ def grid(
             raise ValueError(f"the sweep needs at least one value in {name}")
         if len(set(values)) != len(values):
             raise ValueError(f"{name} has repeated values: {values}")
-    unknown = [m for m in methods if m not in ALL_METHODS]
+    unknown = [m for m in methods if m not in METHOD_NAMES]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; allowed: {', '.join(ALL_METHODS)}")
+        raise ValueError(f"unknown methods {unknown}; allowed: {', '.join(METHOD_NAMES)}")
     root = Path(output_dir).absolute()
     # Absolute local paths: a Ray trial runs in a working directory of its own.
     local = {
@@ -113,7 +117,7 @@ def grid(
 def is_finished(run_dir: str | Path) -> bool:
     """Whether a cell has its final metrics, or stopped for good on a non-finite loss."""
     run_dir = Path(run_dir)
-    return (run_dir / METRICS_FILE).is_file() or (run_dir / FAILED_FILE).is_file()
+    return (run_dir / runs.METRICS_FILE).is_file() or (run_dir / FAILED_FILE).is_file()
 
 
 def run_cell(train_cfg: dict, model_cfg: dict, threads: int | None = None) -> dict:
@@ -224,13 +228,14 @@ def _run_ray(jobs: list[tuple[dict, dict]], workers: int, threads: int) -> list[
 
 def _refuse_next_token(task: str, run_dir: Path | None = None) -> None:
     spec = get_task_spec(task)
-    if spec.kind == "next_token":
+    if not get_likelihood(spec.likelihood).class_probabilities:
         where = f"{run_dir} is a run of" if run_dir is not None else "sweeps do not run"
+        kind = spec.likelihood.replace("_", "-")
         raise ValueError(
-            f"{where} the next-token task {spec.name}: a sweep summarises accuracy, NLL and ECE "
-            "of class probabilities, which next-token runs do not have; train next-token runs "
+            f"{where} the {kind} task {spec.name}: a sweep summarises accuracy, NLL and ECE "
+            f"of class probabilities, which {kind} runs do not have; train {kind} runs "
             "one by one with `monteclora train` and compare the nll and perplexity of their "
-            "metrics.json"
+            f"{runs.METRICS_FILE}"
         )
 
 
@@ -242,7 +247,7 @@ def collect(output_dir: str | Path) -> list[dict]:
     """
     records = []
     for run_dir in sorted(Path(output_dir).iterdir()):
-        if not (run_dir / "config.json").is_file() or not is_finished(run_dir):
+        if not runs.is_run(run_dir) or not is_finished(run_dir):
             continue
         cfg, _ = load_run_config(run_dir)
         _refuse_next_token(cfg.task, run_dir)
@@ -253,10 +258,10 @@ def collect(output_dir: str | Path) -> list[dict]:
             "lr": cfg.lr,
             "batch_size": cfg.batch_size,
             "seed": cfg.seed,
-            "failed": not (run_dir / METRICS_FILE).is_file(),
+            "failed": not (run_dir / runs.METRICS_FILE).is_file(),
         }
         if not record["failed"]:
-            metrics = json.loads((run_dir / METRICS_FILE).read_text())
+            metrics = runs.read_metrics(run_dir)
             record.update({mode: metrics[mode] for mode in MODES})
         cell = run_dir / CELL_FILE
         if cell.is_file():
@@ -306,31 +311,27 @@ def summarize(records: list[dict]) -> dict:
 
 
 def _method_order(method: str) -> tuple[int, str]:
-    return (ALL_METHODS.index(method) if method in ALL_METHODS else len(ALL_METHODS), method)
+    return (METHOD_NAMES.index(method) if method in METHOD_NAMES else len(METHOD_NAMES), method)
 
 
 def format_summary(summary: dict, mode: str | None = None) -> str:
     """The summary as a Markdown table: one row per method and prediction mode."""
     modes = MODES if mode is None else (mode,)
-    header = ["method", "mode", "cells"]
-    for metric in SWEEP_METRICS:
-        header += [f"{metric} best", f"{metric} median", f"{metric} spread"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    stats = ("best", "median", "spread")
+    columns = ["method", "mode", "cells"]
+    columns += [f"{metric} {stat}" for metric in SWEEP_METRICS for stat in stats]
+    rows = []
     for method, entry in summary.items():
+        cells = f"{entry['cells'] - entry['failed']}"
+        if entry["failed"]:
+            cells += f" (+{entry['failed']} diverged)"
         for m in modes:
-            cells = f"{entry['cells'] - entry['failed']}"
-            if entry["failed"]:
-                cells += f" (+{entry['failed']} diverged)"
-            row = [method, m, cells]
+            row = {"method": method, "mode": m, "cells": cells}
             for metric in SWEEP_METRICS:
-                stats = entry[m].get(metric)
-                row += (
-                    ["–"] * 3
-                    if stats is None
-                    else [f"{stats[k]:.4f}" for k in ("best", "median", "spread")]
-                )
-            lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+                values = entry[m].get(metric, {})
+                row |= {f"{metric} {stat}": values.get(stat) for stat in stats}
+            rows.append(row)
+    return format_table(rows, columns, markdown=True)
 
 
 def write_summary(output_dir: str | Path) -> dict:
@@ -351,57 +352,15 @@ def write_summary(output_dir: str | Path) -> dict:
         path.stat().st_mtime
         for r in records
         for path in (
-            output_dir / r["run_dir"] / METRICS_FILE,
+            output_dir / r["run_dir"] / runs.METRICS_FILE,
             output_dir / r["run_dir"] / FAILED_FILE,
         )
         if path.is_file()
     ]
     if not plot.is_file() or plot.stat().st_mtime <= max(finished):
-        plot_sweep(records, plot)
+        methods = sorted({r["method"] for r in records}, key=_method_order)
+        plot_sweep(records, methods, SWEEP_METRICS).savefig(plot, dpi=SWEEP_PLOT_DPI)
     return summary
-
-
-def plot_sweep(records: list[dict], path: str | Path) -> None:
-    """Each metric against the learning rate, per method: the median over batch sizes and
-    seeds as a line, the min–max range as a band; one row per prediction mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = sorted({r["method"] for r in records}, key=_method_order)
-    fig, axes = plt.subplots(
-        len(MODES), len(SWEEP_METRICS), figsize=(4.2 * len(SWEEP_METRICS), 3.4 * len(MODES))
-    )
-    for row, mode in enumerate(MODES):
-        for col, metric in enumerate(SWEEP_METRICS):
-            ax = axes[row][col]
-            for method in methods:
-                by_lr: dict[float, list[float]] = {}
-                for r in records:
-                    if r["method"] == method and not r["failed"]:
-                        by_lr.setdefault(r["lr"], []).append(r[mode][metric])
-                if not by_lr:
-                    continue
-                lrs = sorted(by_lr)
-                med = [statistics.median(by_lr[lr]) for lr in lrs]
-                (line,) = ax.plot(lrs, med, marker="o", label=method)
-                ax.fill_between(
-                    lrs,
-                    [min(by_lr[lr]) for lr in lrs],
-                    [max(by_lr[lr]) for lr in lrs],
-                    color=line.get_color(),
-                    alpha=0.2,
-                )
-            ax.set_xscale("log")
-            ax.set_xlabel("learning rate")
-            ax.set_ylabel(metric)
-            ax.set_title(f"{metric} ({mode.replace('_', ' ')})", fontsize=10)
-            if row == 0 and col == 0:
-                ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def spread_ratio(summary: dict, method: str, reference: str, metric: str, mode: str) -> float:

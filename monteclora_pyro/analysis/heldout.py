@@ -1,0 +1,230 @@
+"""Held-out fit of the posterior predictive: lppd, mutual information, plug-in against predictive.
+
+Everything here is computed on the run's evaluation split, examples the posterior never saw, so
+it is an honest estimate of the predictive fit; PSIS-LOO is not (docs/design.md §5). The
+per-draw class probabilities ``draw_probs`` (S, n, C) and the plug-in ``mean_probs`` (n, C)
+come from ``predictions.npz`` (:class:`monteclora_pyro.runs.Predictions`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from monteclora_pyro import metrics
+from monteclora_pyro.runs import Predictions
+
+__all__ = [
+    "CLIP",
+    "GAP_METRICS",
+    "HeldOut",
+    "heldout",
+    "mutual_information_share",
+    "pointwise_lppd",
+    "pool_predictions",
+]
+
+CLIP = 1e-12
+GAP_METRICS = ("nll", "accuracy", "ece")
+
+
+def pointwise_lppd(draw_probs: ArrayLike, labels: ArrayLike, clip: float = CLIP) -> NDArray:
+    """Log pointwise predictive density of each example, ``log (1/S) Σ_s p(y_i | θ_s)``.
+
+    The averaged probability of the true class is clipped below at ``clip`` (as
+    :func:`monteclora_pyro.metrics.nll` does), so that ``-pointwise_lppd(...).mean()`` is the
+    predictive NLL.
+
+    Parameters
+    ----------
+    draw_probs : array_like
+        Per-draw class probabilities, shape (S, n, C).
+    labels : array_like
+        True labels, shape (n,).
+    clip : float
+        Smallest probability of the true class.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (n,), in nats; their sum is the lppd.
+    """
+    draws = np.asarray(draw_probs, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if draws.ndim != 3 or y.shape != draws.shape[1:2]:
+        raise ValueError(
+            f"draw_probs must have shape (S, n, C) and labels (n,); got {draws.shape} and {y.shape}"
+        )
+    picked = draws[:, np.arange(y.shape[0]), y]
+    return np.log(np.clip(picked.mean(axis=0), clip, None))
+
+
+def mutual_information_share(draw_probs: ArrayLike) -> tuple[float, float, float]:
+    """Mean mutual information, mean predictive entropy and their ratio.
+
+    Parameters
+    ----------
+    draw_probs : array_like
+        Per-draw class probabilities, shape (S, n, C).
+
+    Returns
+    -------
+    tuple of float
+        ``(mean MI, mean total entropy, share)``; the share ``mean MI / mean total`` lies in
+        [0, 1], is 0 when all draws agree and NaN when the total entropy is 0.
+    """
+    decomposition = metrics.uncertainty_decomposition(draw_probs)
+    mi, total = float(decomposition.epistemic.mean()), float(decomposition.total.mean())
+    share = mi / total if total > 0 else float("nan")
+    return mi, total, share
+
+
+@dataclass
+class HeldOut:
+    """Held-out diagnostics of one run (or of the pooled draws of several restarts).
+
+    Attributes
+    ----------
+    name : str
+        The run, or the pooled runs.
+    split : str
+        The evaluation split (e.g. ``"validation"``).
+    num_draws : int
+        S, the posterior draws behind the predictive.
+    pointwise : numpy.ndarray
+        lppd of each example, shape (n,).
+    mutual_information : float
+        Mean mutual information (nats).
+    total_entropy : float
+        Mean predictive entropy (nats).
+    plugin : dict of str to float
+        NLL, accuracy and ECE of the plug-in ``mean_probs``.
+    predictive : dict of str to float
+        The same of the posterior predictive.
+    """
+
+    name: str
+    split: str
+    num_draws: int
+    pointwise: NDArray[np.float64]
+    mutual_information: float
+    total_entropy: float
+    plugin: dict[str, float]
+    predictive: dict[str, float]
+
+    @property
+    def num_examples(self) -> int:
+        """n, the held-out examples."""
+        return int(self.pointwise.shape[0])
+
+    @property
+    def lppd(self) -> float:
+        """Σ_i log (1/S) Σ_s p(y_i | θ_s) (nats)."""
+        return float(self.pointwise.sum())
+
+    @property
+    def lppd_per_example(self) -> float:
+        """lppd / n, the negative of the predictive NLL."""
+        return float(self.pointwise.mean())
+
+    @property
+    def mi_share(self) -> float:
+        """Mean mutual information over mean predictive entropy (NaN if the latter is 0)."""
+        if self.total_entropy > 0:
+            return self.mutual_information / self.total_entropy
+        return float("nan")
+
+    def gap(self, metric: str) -> float:
+        """Plug-in minus posterior predictive of ``metric`` (nll, accuracy or ece)."""
+        return self.plugin[metric] - self.predictive[metric]
+
+    def row(self) -> dict:
+        """A plain table row (JSON-serialisable)."""
+        return {
+            "run": self.name,
+            "split": self.split,
+            "n": self.num_examples,
+            "S": self.num_draws,
+            "lppd": self.lppd,
+            "lppd/n": self.lppd_per_example,
+            "MI": self.mutual_information,
+            "MI share": self.mi_share,
+            **{f"{m} gap": self.gap(m) for m in GAP_METRICS},
+        }
+
+    def describe(self) -> str:
+        """One line for a terminal."""
+        return (
+            f"held-out lppd on {self.split} (n={self.num_examples}, S={self.num_draws}): "
+            f"{self.lppd:.2f} ({self.lppd_per_example:.4f} per example); mean MI "
+            f"{self.mutual_information:.3g} nats = {self.mi_share:.1%} of the predictive "
+            f"entropy; plug-in minus predictive: NLL {self.gap('nll'):+.4f}, accuracy "
+            f"{self.gap('accuracy'):+.4f}, ECE {self.gap('ece'):+.4f}"
+        )
+
+
+def _scores(probs: NDArray, labels: NDArray) -> dict[str, float]:
+    return {
+        "nll": metrics.nll(probs, labels, eps=CLIP),
+        "accuracy": metrics.accuracy(probs, labels),
+        "ece": metrics.ece(probs, labels),
+    }
+
+
+def heldout(predictions: Predictions, name: str = "", split: str = "") -> HeldOut:
+    """The held-out diagnostics of a run's predictions.
+
+    Parameters
+    ----------
+    predictions : monteclora_pyro.runs.Predictions
+        Labels, plug-in and per-draw probabilities on the evaluation split.
+    name : str
+        The run's name in tables.
+    split : str
+        The evaluation split.
+
+    Returns
+    -------
+    HeldOut
+    """
+    draws = np.asarray(predictions.draw_probs, dtype=np.float64)
+    labels = np.asarray(predictions.labels, dtype=np.int64)
+    mi, total, _ = mutual_information_share(draws)
+    return HeldOut(
+        name=name,
+        split=split,
+        num_draws=int(draws.shape[0]),
+        pointwise=pointwise_lppd(draws, labels),
+        mutual_information=mi,
+        total_entropy=total,
+        plugin=_scores(np.asarray(predictions.mean_probs, dtype=np.float64), labels),
+        predictive=_scores(draws.mean(axis=0), labels),
+    )
+
+
+def pool_predictions(predictions: Sequence[Predictions]) -> Predictions:
+    """The predictions of restarts as one mixture: their draws pooled, plug-ins averaged.
+
+    Parameters
+    ----------
+    predictions : sequence of Predictions
+        Of runs evaluated on the same examples.
+
+    Returns
+    -------
+    Predictions
+    """
+    if not predictions:
+        raise ValueError("no predictions to pool")
+    labels = predictions[0].labels
+    for p in predictions[1:]:
+        if not np.array_equal(p.labels, labels):
+            raise ValueError("restarts evaluated on different examples cannot be pooled")
+    return Predictions(
+        labels,
+        np.mean([p.mean_probs for p in predictions], axis=0),
+        np.concatenate([p.draw_probs for p in predictions]),
+    )

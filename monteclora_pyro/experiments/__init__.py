@@ -1,0 +1,1 @@
+"""Experiments built on training: robustness sweeps, their results page, and the demo."""

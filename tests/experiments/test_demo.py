@@ -1,0 +1,53 @@
+"""The demo's library function and its command, with training and evaluation faked."""
+
+from __future__ import annotations
+
+import pytest
+
+from monteclora_pyro import runs
+from monteclora_pyro.cli import main
+from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS
+from monteclora_pyro.experiments import demo
+
+
+def _metrics(accuracy: float) -> dict:
+    report = {"accuracy": accuracy, "nll": 0.5, "ece": 0.1, "brier": 0.2}
+    return {mode: report for mode in runs.MODES}
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    calls = []
+
+    def train(cfg, model_cfg, resume, progress):
+        calls.append(("train", cfg.method, cfg.task, resume))
+        return _metrics(0.9 if cfg.method == "monteclora" else 0.8)
+
+    def evaluate_run(run_dir, task, split, num_samples, max_examples, progress):
+        calls.append(("evaluate", run_dir.name, task, split))
+        return _metrics(0.7)
+
+    monkeypatch.setattr(demo, "train", train)
+    monkeypatch.setattr(demo, "evaluate_run", evaluate_run)
+    return calls
+
+
+def test_run_demo_trains_both_methods_and_evaluates_every_shifted_domain(calls, tmp_path):
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / runs.CHECKPOINT_FILE).write_bytes(b"")
+    result = demo.run_demo(tmp_path, progress=False)
+    assert list(result.metrics) == list(demo.DEMO_METHODS)
+    assert result.run_dirs == {m: tmp_path / m for m in demo.DEMO_METHODS}
+    assert all(list(d) == list(SHIFT_DOMAINS) for d in result.shifted.values())
+    assert calls[0] == ("train", "monteclora", DEFAULT_TASK, False)
+    assert ("train", "lora", DEFAULT_TASK, True) in calls  # resumes from its checkpoint
+    assert ("evaluate", "lora", SHIFT_DOMAINS[0], "test") in calls
+    assert result.seconds >= 0
+
+
+def test_demo_command_prints_both_tables(calls, tmp_path, capsys):
+    assert main(["--quiet", "demo", "--output-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "posterior_predictive" in printed and "0.9000" in printed
+    assert "0.7000 / 0.7000" in printed and all(d in printed for d in SHIFT_DOMAINS)
+    assert f"monteclora: {tmp_path / 'monteclora'}" in printed
