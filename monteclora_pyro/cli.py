@@ -8,31 +8,25 @@ import logging
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
-from monteclora_pyro import sweep
-from monteclora_pyro.analysis.inference_data import (
-    hyperprior_summary,
-    psis_loo,
-    save_inference_data,
-    to_inference_data,
-)
-from monteclora_pyro.analysis.report import format_summary, summary_tables, write_report
-from monteclora_pyro.baselines import PEFT_METHODS
+from monteclora_pyro import runs
+from monteclora_pyro.analysis.analyze import RESTARTS_NOTE, analyze_runs
+from monteclora_pyro.analysis.summary import format_summary
+from monteclora_pyro.analysis.tables import format_table
 from monteclora_pyro.config import MonteCLoRAConfig
-from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS, TASKS, get_task_spec
-from monteclora_pyro.distributed import is_main_process
-from monteclora_pyro.evaluation import MODES
+from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS, TASKS
+from monteclora_pyro.experiments import sweep
+from monteclora_pyro.experiments.demo import run_demo
+from monteclora_pyro.experiments.results import write_results
 from monteclora_pyro.peft_interop import export_peft_adapter
-from monteclora_pyro.results import write_results
 from monteclora_pyro.training import (
-    ALL_METHODS,
+    METHOD_NAMES,
     OPTIMIZERS,
     TrainConfig,
     TrainingError,
     evaluate_run,
-    load_run_config,
+    is_main_process,
     train,
 )
 
@@ -73,7 +67,7 @@ def _train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None
     add(
         "--method",
         default=d.method,
-        choices=ALL_METHODS,
+        choices=METHOD_NAMES,
         help="monteclora (MonteCLoRAGuide), lora (LoRAGuide), or PEFT's peft-lora or "
         "peft-monteclora (the peft extra) (default: %(default)s)",
     )
@@ -86,6 +80,18 @@ def _train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None
     add("--max-steps", type=int, default=None, help="total steps; overrides --epochs")
     add("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
     add("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    add(
+        "--guide-lr",
+        type=float,
+        default=d.guide_lr,
+        help="peak learning rate of the guide's variational parameters (default: --lr)",
+    )
+    add(
+        "--kl-warmup-steps",
+        type=int,
+        default=d.kl_warmup_steps,
+        help="grow the KL terms linearly to full weight over these steps (default: %(default)s)",
+    )
     add("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
     add("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="(default: %(default)s)")
     add(
@@ -137,36 +143,29 @@ def _train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None
         help="post-hoc MonteCLoRA: start from this PEFT LoRA adapter (its r, lora_alpha, "
         "targets and head), keep μ, B and the head frozen and train only the guide",
     )
-    group = parser.add_argument_group("MonteCLoRA model (see DESIGN.md §6)")
-    m = MonteCLoRAConfig()
+    group = parser.add_argument_group(
+        "MonteCLoRA model (docs/design.md §6; an unset option takes the default of the "
+        "objective: MonteCLoRAConfig.paper() or MonteCLoRAConfig.bayes())"
+    )
+    paper, bayes = MonteCLoRAConfig.paper(), MonteCLoRAConfig.bayes()
+    special = {
+        "target_modules": (_names, "comma-separated module names (default: the architecture's)"),
+        "modules_to_save": (_names, "comma-separated module names (default: the architecture's)"),
+        "kl_loss_weight": (_optional_float, "η (paper) or temperature (bayes); 'none': ELBO"),
+        "wishart_df": (_optional_float, "ν0; 'none' means r"),
+        "precision_df": (_optional_float, "ν0 of the precision (bayes); 'none' means r"),
+        "objective": (str, "'paper' or 'bayes'"),
+    }
     for field in dataclasses.fields(MonteCLoRAConfig):
         flag = "--" + field.name.replace("_", "-")
-        default = getattr(m, field.name)
-        if field.name in ("target_modules", "modules_to_save"):
-            group.add_argument(
-                flag,
-                default=None,
-                type=_names,
-                help="comma-separated module names (default: the architecture's)",
-            )
-        elif field.name == "kl_loss_weight":
-            group.add_argument(
-                flag,
-                default=default,
-                type=_optional_float,
-                help="η; 'none' for the plain ELBO (default: %(default)s)",
-            )
-        elif field.name == "wishart_df":
-            group.add_argument(
-                flag,
-                default=default,
-                type=_optional_float,
-                help="ν0; 'none' means r (default: %(default)s)",
-            )
-        else:
-            group.add_argument(
-                flag, default=default, type=type(default), help="(default: %(default)s)"
-            )
+        kind, text = special.get(field.name, (type(getattr(paper, field.name)), ""))
+        defaults = f"paper: {getattr(paper, field.name)}"
+        if getattr(bayes, field.name) != getattr(paper, field.name):
+            defaults += f", bayes: {getattr(bayes, field.name)}"
+        if field.name not in ("target_modules", "modules_to_save"):
+            text = f"{text} (default: {defaults})".strip()
+        # Unset options are left out, so that the objective's preset fills them in.
+        group.add_argument(flag, default=argparse.SUPPRESS, type=kind, help=text)
 
 
 def _names(text: str) -> list[str]:
@@ -184,19 +183,22 @@ def _configs(args: argparse.Namespace) -> tuple[TrainConfig, MonteCLoRAConfig]:
     if "method" in values:
         train_kwargs.setdefault("output_dir", f"runs/{args.task}-{args.method}-s{args.seed}")
     model_kwargs = {k: v for k, v in values.items() if k in _MODEL_FLAGS}
-    return TrainConfig(**train_kwargs), MonteCLoRAConfig(**model_kwargs)
+    preset = (
+        MonteCLoRAConfig.bayes if model_kwargs.get("objective") == "bayes" else MonteCLoRAConfig
+    )
+    return TrainConfig(**train_kwargs), preset(**model_kwargs)
 
 
-def _format_table(rows: dict[str, dict]) -> str:
-    first = next(iter(rows.values()))[MODES[0]]
-    columns, width = (TABLE_METRICS, 10) if "accuracy" in first else (TOKEN_TABLE_METRICS, 12)
-    header = f"{'run':<14}{'mode':<22}" + "".join(f"{m:>{width}}" for m in columns)
-    lines = [header, "-" * len(header)]
-    for name, metrics in rows.items():
-        for mode in MODES:
-            values = "".join(f"{metrics[mode][m]:>{width}.4f}" for m in columns)
-            lines.append(f"{name:<14}{mode:<22}{values}")
-    return "\n".join(lines)
+def _format_table(results: dict[str, dict]) -> str:
+    """Both prediction modes of each named ``metrics.json``, one row per name and mode."""
+    first = next(iter(results.values()))[runs.MODES[0]]
+    columns = TABLE_METRICS if "accuracy" in first else TOKEN_TABLE_METRICS
+    rows = [
+        {"run": name, "mode": mode} | {m: metrics[mode][m] for m in columns}
+        for name, metrics in results.items()
+        for mode in runs.MODES
+    ]
+    return format_table(rows, ["run", "mode", *columns])
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -259,8 +261,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(_format_table({f"{metrics['task']}/{metrics['split']}": metrics}))
-    out = Path(args.run_dir) / "evaluations" / f"{metrics['task']}-{metrics['split']}"
-    print(f"written to {out}")
+    print(f"written to {runs.evaluation_dir(args.run_dir, metrics['task'], metrics['split'])}")
     return 0
 
 
@@ -271,103 +272,60 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
-    results, shifted, dirs = {}, {}, {}
-    for method in ("monteclora", "lora"):
-        out = Path(args.output_dir) / method
-        cfg = TrainConfig(
-            task=DEFAULT_TASK,
-            method=method,
-            epochs=args.epochs,
-            max_train_examples=args.max_train_examples,
-            max_eval_examples=args.max_eval_examples,
-            max_length=args.max_length,
-            num_samples=args.num_samples,
-            seed=args.seed,
-            output_dir=str(out),
-            lr=args.lr,
-        )
-        resume = (out / "checkpoint.pt").is_file()
-        results[method] = train(cfg, MonteCLoRAConfig(), resume=resume, progress=not args.quiet)
-        dirs[method] = out
-        shifted[method] = {
-            domain: evaluate_run(
-                out,
-                domain,
-                "test",
-                num_samples=args.num_samples,
-                max_examples=args.max_eval_examples,
-                progress=not args.quiet,
-            )
-            for domain in SHIFT_DOMAINS
-        }
+    result = run_demo(
+        args.output_dir,
+        max_train_examples=args.max_train_examples,
+        max_eval_examples=args.max_eval_examples,
+        epochs=args.epochs,
+        max_length=args.max_length,
+        num_samples=args.num_samples,
+        lr=args.lr,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     print(
         f"\nMovie reviews ({DEFAULT_TASK}), MiniLM-L6, "
         f"{args.max_train_examples} training examples, {args.epochs} epoch(s):\n"
     )
-    print(_format_table(results))
+    print(_format_table(result.metrics))
     print("\nShifted-domain accuracy (posterior mean / posterior predictive):\n")
-    print(f"{'run':<14}" + "".join(f"{d:>20}" for d in SHIFT_DOMAINS))
-    for method, domains in shifted.items():
-        cells = "".join(
-            f"{m['posterior_mean']['accuracy']:>11.4f} /{m['posterior_predictive']['accuracy']:.4f}"
-            for m in domains.values()
-        )
-        print(f"{method:<14}{cells}")
+    rows = [
+        {"run": method}
+        | {
+            domain: f"{m['posterior_mean']['accuracy']:.4f} / "
+            f"{m['posterior_predictive']['accuracy']:.4f}"
+            for domain, m in domains.items()
+        }
+        for method, domains in result.shifted.items()
+    ]
+    print(format_table(rows, ["run", *SHIFT_DOMAINS]))
     print("\nRun directories:")
-    for method, path in dirs.items():
+    for method, path in result.run_dirs.items():
         print(f"  {method}: {path}")
-    print(f"\nwall time {time.perf_counter() - start:.0f} s")
+    print(f"\nwall time {result.seconds:.0f} s")
     return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    run_dirs = [Path(d) for d in args.run_dirs]
-    out = Path(args.output_dir) if args.output_dir else run_dirs[0] / "analysis"
-    groups: dict[str, list[Path]] = {}
-    for run_dir in run_dirs:
-        train_cfg = load_run_config(run_dir)[0]
-        method = train_cfg.method
-        if get_task_spec(train_cfg.task).kind == "next_token":
-            raise ValueError(
-                f"{run_dir} is a run of the next-token task {train_cfg.task}: `monteclora "
-                "analyze` needs class probabilities (predictions.npz), which next-token runs do "
-                "not write; their per-token NLL and perplexity are in its metrics.json and "
-                "history.jsonl, and its latent draws in posterior_samples.npz"
-            )
-        if method in PEFT_METHODS:
-            raise ValueError(
-                f"{run_dir} is a {method} run: PEFT's adapters have no posterior to analyse; "
-                "compare them with ours through `monteclora sweep` or their metrics.json"
-            )
-        groups.setdefault(method, []).append(run_dir)
-    posterior = None
-    for method, dirs in groups.items():
-        for run_dir in dirs:
-            save_inference_data(to_inference_data(run_dir), run_dir)
-        idata = to_inference_data(dirs)
-        if len(dirs) > 1:
-            save_inference_data(idata, out, f"inference_data-{method}.nc")
-        print(f"\n{method}: {len(dirs)} run(s) as chains")
-        loo, messages = psis_loo(idata)
-        if loo is not None:
-            print(
-                f"PSIS-LOO elpd {loo.elpd_loo:.2f} (se {loo.se:.2f}), "
-                f"p_loo {loo.p_loo:.2f}, max Pareto k {float(loo.pareto_k.max()):.2f}"
-            )
-        for message in messages:
-            print(f"  warning: {message}")
-        if "posterior" in idata.groups():
-            summary = hyperprior_summary(idata)
-            worst = summary.sort_values("ess_bulk").head(args.summary_rows)
-            print(f"hyperprior summary ({len(summary)} entries; lowest bulk ESS first):")
-            print(worst.to_string())
-            if posterior is None:
-                posterior = idata
+    analysis = analyze_runs(args.run_dirs, args.output_dir)
+    for method in analysis.methods:
+        print(f"\n{method.method}: {len(method.run_dirs)} run(s) as chains")
+        print(method.heldout.describe())
+        print("(PSIS-LOO is not reported: these examples are held out, not conditioned on)")
+        for line in method.convergence:
+            if line not in method.warnings:
+                print(f"  convergence: {line}")
+        for warning in method.warnings:
+            print(f"  warning: {warning}")
+        if method.prior_note:
+            print(f"  note: {method.prior_note}")
+        if method.summary is not None:
+            print(f"hyperprior summary ({len(method.summary)} entries; lowest bulk ESS first).")
+            print(RESTARTS_NOTE)
+            print(method.weakest(args.summary_rows).to_string())
     print()
-    print(format_summary(summary_tables(run_dirs)))
-    report = write_report(run_dirs, out, idata=posterior)
-    print(f"\nreport: {report}")
+    print(format_summary(analysis.tables))
+    print(f"\nreport: {analysis.report}")
     return 0
 
 
@@ -394,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         type=_list(str),
         default=["lora", "monteclora"],
-        help=f"comma-separated, among {', '.join(ALL_METHODS)} (default: lora,monteclora)",
+        help=f"comma-separated, among {', '.join(METHOD_NAMES)} (default: lora,monteclora)",
     )
     group.add_argument(
         "--lrs", type=_list(float), required=True, help="comma-separated learning rates"

@@ -66,8 +66,10 @@ class MonteCLoRAConfig:
         Wishart covariance, or independent Gamma variances on its diagonal.
     wishart_df : float or None
         ν0, prior degrees of freedom (``None`` means r); must exceed r - 1.
-    wishart_scale : float
-        V0 = wishart_scale · I.
+    wishart_scale : float or None
+        V0 = wishart_scale · I. ``None`` means 1/ν0, so that the prior mean of Σ is I, the
+        covariance the ``"standard"`` noise prior compares the draws with; the paper's value
+        (:meth:`paper`) is 1.0, whose prior mean ν0·I is r times larger.
     concentration_prior : {"gamma", "fixed"}
         Gamma hyperprior on the Dirichlet concentration, or the constant ``concentration``.
     concentration_shape, concentration_rate : float
@@ -99,7 +101,7 @@ class MonteCLoRAConfig:
     cooperative_weight: float = 1.0
     covariance: str = "full"
     wishart_df: float | None = None
-    wishart_scale: float = 1.0
+    wishart_scale: float | None = None
     concentration_prior: str = "gamma"
     concentration_shape: float = 2.0
     concentration_rate: float = 2.0
@@ -127,7 +129,8 @@ class MonteCLoRAConfig:
             _fail("num_components", k, "K must be an integer >= 1")
         self._positive("lora_alpha", self.lora_alpha)
         self._positive("sample_scaler", self.sample_scaler)
-        self._positive("wishart_scale", self.wishart_scale)
+        if self.wishart_scale is not None:
+            self._positive("wishart_scale", self.wishart_scale)
         self._positive("concentration_shape", self.concentration_shape)
         self._positive("concentration_rate", self.concentration_rate)
         self._positive("concentration", self.concentration)
@@ -158,8 +161,8 @@ class MonteCLoRAConfig:
 
     @classmethod
     def paper(cls, **overrides) -> MonteCLoRAConfig:
-        """The paper's objective and settings (the defaults of this class)."""
-        return cls(**{"objective": "paper", **overrides})
+        """The paper's objective and exact settings (V0 = I; otherwise this class's defaults)."""
+        return cls(**{"objective": "paper", "wishart_scale": 1.0, **overrides})
 
     @classmethod
     def bayes(cls, **overrides) -> MonteCLoRAConfig:
@@ -176,6 +179,11 @@ class MonteCLoRAConfig:
     def prior_df(self) -> float:
         """ν0, the Wishart degrees of freedom of the prior."""
         return float(self.r if self.wishart_df is None else self.wishart_df)
+
+    @property
+    def prior_scale(self) -> float:
+        """v with V0 = v·I, the scale of the Wishart prior on Σ."""
+        return 1.0 / self.prior_df if self.wishart_scale is None else float(self.wishart_scale)
 
     @property
     def precision_prior_df(self) -> float:

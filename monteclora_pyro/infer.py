@@ -76,9 +76,7 @@ def _cuda_devices(module: nn.Module) -> list[int]:
     return sorted({t.device.index for t in tensors if t.is_cuda})
 
 
-def draw_prior(
-    model: nn.Module, num_samples: int, seed: int
-) -> list[dict[str, torch.Tensor]]:
+def draw_prior(model: nn.Module, num_samples: int, seed: int) -> list[dict[str, torch.Tensor]]:
     """``num_samples`` draws of every latent site from the model's priors."""
     with torch.no_grad(), torch.random.fork_rng(devices=_cuda_devices(model)):
         torch.manual_seed(seed)

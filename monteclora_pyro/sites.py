@@ -7,12 +7,22 @@ nothing, so that the analysis can parse names without importing the model.
 
 from __future__ import annotations
 
-LATENT_KINDS = ("covariance", "concentration", "weights", "noise")
-HYPERPRIOR_KINDS = ("covariance", "concentration", "weights")
+LATENT_KINDS = ("covariance", "concentration", "weights", "noise", "precision", "A")
+HYPERPRIOR_KINDS = ("covariance", "concentration", "weights", "precision")
+LARGE_KINDS = ("noise", "A")  # K·d_in·r or d_in·r entries per layer: draws are not saved
 OBSERVED_SITE = "y"
 COOPERATIVE_SITE = "cooperative"
 DATA_PLATE = "data"
-TERMS = ("nll", "kl_covariance", "kl_concentration", "kl_weights", "kl_noise", "cooperative")
+TERMS = (
+    "nll",
+    "kl_covariance",
+    "kl_concentration",
+    "kl_weights",
+    "kl_noise",
+    "cooperative",
+    "kl_precision",
+    "kl_A",
+)
 
 
 def site_name(layer: str, kind: str) -> str:

@@ -21,6 +21,7 @@ OUR_METRICS_KEYS = {
     "split",
     "method",
     "num_examples",
+    "num_train_examples",
     "num_samples",
     "steps",
     "posterior_mean",
@@ -60,8 +61,11 @@ def test_peft_baseline_runs_one_step_and_writes_our_run_files(toy_assets, tmp_pa
     assert metrics["posterior_mean"] == metrics["posterior_predictive"]
 
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    step, evaluation = history
+    step, evaluation, convergence = history
     assert step["kind"] == "train" and evaluation["kind"] == "eval"
+    # PEFT's noise has no guide: no variational parameter to watch.
+    assert convergence["kind"] == "convergence" and convergence["window"] == 1
+    assert convergence["param_change"] == {} and convergence["max_param_change"] == 0.0
     assert step["loss"] == pytest.approx(step["nll"] + step["regularisation"], rel=1e-6)
     assert 0.3 < step["nll"] < 1.2  # cross-entropy of 2 classes near chance
     if method == "peft-lora":

@@ -252,6 +252,7 @@ def test_next_token_run_learns_writes_its_files_and_reloads(learnable_dir, token
         "split",
         "method",
         "num_examples",
+        "num_train_examples",
         "num_samples",
         "steps",
         "posterior_mean",

@@ -19,7 +19,9 @@ def test_defaults_follow_design_table():
         "standard",
         "dense",
     )
-    assert (cfg.wishart_df, cfg.prior_df, cfg.wishart_scale) == (None, 8.0, 1.0)
+    assert (cfg.wishart_df, cfg.prior_df, cfg.wishart_scale) == (None, 8.0, None)
+    assert cfg.prior_scale == 1 / 8  # prior mean of Σ: ν0·V0 = I
+    assert MonteCLoRAConfig.paper().prior_scale == 1.0  # the paper's V0 = I
     assert (cfg.concentration_shape, cfg.concentration_rate, cfg.concentration) == (2.0, 2.0, 1.0)
     assert cfg.scaling == 2.0
 

@@ -132,6 +132,8 @@ def test_killed_and_resumed_run_equals_uninterrupted(toy_assets, tmp_path, monke
     )
     assert resumed == reference
     assert _history(out) == _history(tmp_path / "ref")
+    # The convergence window survives the interruption (its start is in the checkpoint).
+    assert _history(out, "convergence") == _history(tmp_path / "ref", "convergence")
     first = Predictions.load(tmp_path / "ref" / "predictions.npz")
     second = Predictions.load(out / "predictions.npz")
     np.testing.assert_array_equal(first.draw_probs, second.draw_probs)

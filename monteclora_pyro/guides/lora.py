@@ -58,6 +58,11 @@ class LoRAGuide(nn.Module):
 
     def __init__(self, model: MonteCLoRAModel):
         super().__init__()
+        if not model.objective.pinnable:
+            raise ValueError(
+                f"LoRAGuide pins the latent sites of the paper objective; objective="
+                f"{model.objective.name!r} has A itself as a latent site: use MonteCLoRAGuide"
+            )
         self._model = (model,)
         sites = dict(latent_sites(model))
         pinned = {name: _pinned_value(site) for name, site in sites.items()}

@@ -12,9 +12,9 @@ from pyro.distributions import constraints
 from torch import nn
 from torch.distributions import transform_to
 
-from monteclora_pyro.models.distributions import Wishart
+from monteclora_pyro.models.distributions import IIDMultivariateNormal, Wishart
 from monteclora_pyro.models.model import MonteCLoRAModel
-from monteclora_pyro.models.objectives import noise_distribution
+from monteclora_pyro.models.objectives import mixture_norm, noise_distribution
 from monteclora_pyro.models.params import register_params
 from monteclora_pyro.sites import site_name, split_site_name
 
@@ -40,6 +40,10 @@ class MonteCLoRAGuide(nn.Module):
     Dirichlet over the weights and K·d_in rows ~ N(0, Σ). The variational parameters start at
     the prior. The learnable tensors are unconstrained; their param-store names are
     ``"{site}.{parameter}_unconstrained"``.
+
+    Under ``objective="bayes"`` the noise rows give way to A itself, with columns
+    N(μ_j, σ²‖π‖²Σ) given Σ and π (σ learned, initialised at ε), a Wishart over the precision
+    Λ joins, and the Wishart degrees of freedom are learned (docs/design.md §9).
 
     Parameters
     ----------
@@ -73,19 +77,27 @@ class MonteCLoRAGuide(nn.Module):
         self.unconstrained[key] = nn.Parameter(raw)
         self._params[name] = (key, constraint)
 
+    def _add_wishart(self, name: str, prior: Wishart) -> None:
+        self._add(name, "scale_tril", prior.scale_tril, constraints.softplus_lower_cholesky)
+        if self.model.objective.learnable_df:
+            r = prior.event_shape[-1]
+            self._add(name, "df", prior.df, constraints.greater_than(r - 1.0))
+
     def _init_layer(self, path: str, sites: dict) -> None:
         cfg = self.config
+        if site_name(path, "precision") in sites:
+            self._add_wishart(
+                site_name(path, "precision"), sites[site_name(path, "precision")]["fn"]
+            )
         cov = sites[site_name(path, "covariance")]["fn"]
         if cfg.covariance == "full":
-            self._add(
-                site_name(path, "covariance"),
-                "scale_tril",
-                cov.scale_tril,
-                constraints.softplus_lower_cholesky,
-            )
+            self._add_wishart(site_name(path, "covariance"), cov)
         else:
             scale = 0.5 / cov.base_dist.rate
             self._add(site_name(path, "covariance"), "scale", scale, constraints.softplus_positive)
+            if self.model.objective.learnable_df:
+                shape = cov.base_dist.concentration
+                self._add(site_name(path, "covariance"), "shape", shape, constraints.positive)
         conc_name = site_name(path, "concentration")
         if conc_name in sites:
             prior = sites[conc_name]["fn"].base_dist
@@ -95,6 +107,9 @@ class MonteCLoRAGuide(nn.Module):
         else:
             kappa = sites[site_name(path, "weights")]["fn"].concentration
         self._add(site_name(path, "weights"), "concentration", kappa, constraints.softplus_positive)
+        if site_name(path, "A") in sites:
+            epsilon = torch.tensor(cfg.sample_scaler, dtype=kappa.dtype, device=kappa.device)
+            self._add(site_name(path, "A"), "scale", epsilon, constraints.positive)
 
     def named_variational_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Unconstrained variational parameters, named as in the param store."""
@@ -110,15 +125,31 @@ class MonteCLoRAGuide(nn.Module):
         """Every variational parameter, constrained, keyed ``"{site}.{parameter}"``."""
         return {name: self.constrained(name) for name in self._params}
 
+    def _df(self, name: str, prior_df: float) -> torch.Tensor:
+        if f"{name}.df" in self._params:
+            return self.constrained(f"{name}.df")
+        return torch.as_tensor(prior_df, dtype=self._dtype, device=self._device)
+
     def site_distribution(self, name: str) -> dist.Distribution:
-        """The guide distribution of a latent site other than ``noise`` (which depends on Σ)."""
+        """The guide distribution of a site that depends on no other latent site.
+
+        Every kind but ``noise`` (given Σ) and ``A`` (given Σ and π).
+        """
         _, site = split_site_name(name)
+        if site == "precision":
+            df = self._df(name, self.config.precision_prior_df)
+            return Wishart(df=df, scale_tril=self.constrained(f"{name}.scale_tril"))
         if site == "covariance":
-            df = torch.as_tensor(self.config.prior_df, dtype=self._dtype, device=self._device)
             if self.config.covariance == "full":
+                df = self._df(name, self.config.prior_df)
                 return Wishart(df=df, scale_tril=self.constrained(f"{name}.scale_tril"))
             scale = self.constrained(f"{name}.scale")
-            return dist.Gamma(df / 2 * torch.ones_like(scale), 0.5 / scale).to_event(1)
+            if f"{name}.shape" in self._params:
+                shape = self.constrained(f"{name}.shape")
+            else:
+                df = torch.as_tensor(self.config.prior_df, dtype=self._dtype, device=self._device)
+                shape = df / 2 * torch.ones_like(scale)
+            return dist.Gamma(shape, 0.5 / scale).to_event(1)
         if site == "concentration":
             shape, rate = self.constrained(f"{name}.shape"), self.constrained(f"{name}.rate")
             return dist.Gamma(shape, rate).to_event(1)
@@ -134,18 +165,40 @@ class MonteCLoRAGuide(nn.Module):
     def _dtype(self) -> torch.dtype:
         return next(iter(self.unconstrained.values())).dtype
 
+    def adapter_distribution(
+        self, path: str, covariance: torch.Tensor, weights: torch.Tensor
+    ) -> IIDMultivariateNormal:
+        """q(A | Σ, π) of a layer: columns N(μ_j, σ²‖π‖²Σ) (``objective="bayes"``)."""
+        cfg = self.config
+        layer = self.model.adapters[path]
+        sigma = self.constrained(f"{site_name(path, 'A')}.scale")
+        if cfg.covariance == "full":
+            eye = torch.eye(cfg.r, dtype=covariance.dtype, device=covariance.device)
+            tril = torch.linalg.cholesky(covariance + cfg.jitter * eye)
+        else:
+            tril = torch.diag_embed((covariance + cfg.jitter).sqrt())
+        scale = sigma * mixture_norm(weights, cfg)
+        return IIDMultivariateNormal(scale * tril, (layer.in_features,), loc=layer.lora_A.mT)
+
     def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         """Sample every latent site of the model; takes (and ignores) the model's arguments."""
         register_params(self.named_variational_parameters())
         samples = {}
+        kinds = self.model.objective.kinds
         with poutine.scale(scale=self.model.latent_scale):
             for path, in_features in self._layers:
-                for site in ("covariance", "concentration", "weights"):
-                    name = site_name(path, site)
-                    if site == "concentration" and self.config.concentration_prior == "fixed":
+                for kind in kinds:
+                    name = site_name(path, kind)
+                    if kind == "concentration" and self.config.concentration_prior == "fixed":
                         continue
-                    samples[name] = pyro.sample(name, self.site_distribution(name))
-                cov = samples[site_name(path, "covariance")]
-                name = site_name(path, "noise")
-                samples[name] = pyro.sample(name, noise_distribution(cov, self.config, in_features))
+                    cov = samples.get(site_name(path, "covariance"))
+                    if kind == "noise":
+                        fn = noise_distribution(cov, self.config, in_features)
+                    elif kind == "A":
+                        fn = self.adapter_distribution(
+                            path, cov, samples[site_name(path, "weights")]
+                        )
+                    else:
+                        fn = self.site_distribution(name)
+                    samples[name] = pyro.sample(name, fn)
         return samples

@@ -69,6 +69,7 @@ class MonteCLoRAModel(PyroModule):
         self.num_labels = likelihood.num_labels(hf_model)
         self.likelihood = likelihood
         self.objective = OBJECTIVES[config.objective]
+        self.kl_factor = 1.0
         targets = config.target_modules or default_target_modules(hf_model)
         paths = match_target_modules(hf_model, targets)
         heads = (
@@ -114,8 +115,9 @@ class MonteCLoRAModel(PyroModule):
 
     @property
     def latent_scale(self) -> float:
-        """Scale of the latent sites: the objective's (η·N/L for the paper's, 1 for the ELBO)."""
-        return self.objective.latent_scale(self)
+        """Scale of the latent sites: the objective's (η·N/L for the paper's, T for the ELBO's),
+        times ``kl_factor`` (a KL warm-up sets it below 1 early in training)."""
+        return self.objective.latent_scale(self) * self.kl_factor
 
     def sample_latents(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Sample every latent site (unscaled).

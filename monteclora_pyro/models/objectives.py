@@ -37,6 +37,7 @@ class Objective:
     name: ClassVar[str]
     kinds: ClassVar[tuple[str, ...]]  # latent site kinds per layer, in sampling order
     learnable_df: ClassVar[bool] = False  # whether the guide learns its Wishart df
+    pinnable: ClassVar[bool] = True  # whether LoRAGuide's point masses give plain LoRA
 
     def latent_scale(self, model: MonteCLoRAModel) -> float:
         """The scale of the latent sites in the model and the guide."""
@@ -112,6 +113,7 @@ class BayesObjective(Objective):
     name = "bayes"
     kinds = ("precision", "covariance", "concentration", "weights", "A")
     learnable_df = True
+    pinnable = False  # A itself is latent: pinning it at its prior mean would zero the adapter
 
     def latent_scale(self, model: MonteCLoRAModel) -> float:
         temperature = model.config.kl_loss_weight
@@ -168,10 +170,10 @@ def prior_distributions(
     opts = {"device": device, "dtype": dtype}
     df = torch.tensor(config.prior_df, **opts)
     if config.covariance == "full":
-        scale_tril = math.sqrt(config.wishart_scale) * torch.eye(r, **opts)
+        scale_tril = math.sqrt(config.prior_scale) * torch.eye(r, **opts)
         covariance = Wishart(df=df, scale_tril=scale_tril)
     else:
-        rate = torch.full((r,), 0.5 / config.wishart_scale, **opts)
+        rate = torch.full((r,), 0.5 / config.prior_scale, **opts)
         covariance = dist.Gamma(df / 2 * torch.ones(r, **opts), rate).to_event(1)
     if config.concentration_prior == "gamma":
         concentration = dist.Gamma(

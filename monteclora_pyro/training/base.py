@@ -36,6 +36,7 @@ class Method(ABC):
 
     name: ClassVar[str]
     likelihoods: ClassVar[tuple[str, ...] | None] = None  # None: every likelihood
+    objectives: ClassVar[tuple[str, ...] | None] = None  # None: every objective
     post_hoc: ClassVar[bool] = False  # can train from a PEFT adapter (from_peft)
     guide: nn.Module | None = None  # the Pyro guide, if the method has one
 
@@ -59,6 +60,15 @@ class Method(ABC):
     @abstractmethod
     def params(self) -> list[nn.Parameter]:
         """The trainable parameters, in a fixed order (optimiser and checkpoints)."""
+
+    def variational_parameters(self) -> dict[str, nn.Parameter]:
+        """The guide's variational parameters by param-store name (none without a guide)."""
+        return {} if self.guide is None else dict(self.guide.named_variational_parameters())
+
+    def set_kl_factor(self, factor: float) -> None:
+        """Multiply the KL terms by ``factor`` (a KL warm-up, ``kl_warmup_steps``)."""
+        if factor != 1.0:
+            raise ValueError(f"method {self.name!r} has no KL terms to warm up (kl_warmup_steps)")
 
     @abstractmethod
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -44,6 +44,11 @@ class TrainConfig:
         Training and evaluation batch size.
     lr : float
         Peak learning rate (linear warm-up, then linear decay to zero).
+    guide_lr : float or None
+        Peak learning rate of the guide's variational parameters (same schedule); ``None``
+        means ``lr``.
+    kl_warmup_steps : int
+        The KL terms grow linearly from 0 to full weight over these first steps (0: none).
     weight_decay : float
         Decoupled weight decay (AdamW) or L2 (ClippedAdam).
     optimizer : {"adamw", "clipped_adam"}
@@ -84,6 +89,8 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int = 16
     lr: float = 5e-4
+    guide_lr: float | None = None
+    kl_warmup_steps: int = 0
     weight_decay: float = 0.0
     optimizer: str = "adamw"
     warmup_ratio: float = 0.06
@@ -118,6 +125,11 @@ class TrainConfig:
             fail("seed", "it must be an integer >= 0")
         if not self.lr > 0 or not math.isfinite(self.lr):
             fail("lr", "it must be a finite number > 0")
+        warmup = self.kl_warmup_steps
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            fail("kl_warmup_steps", "it must be an integer >= 0")
+        if self.guide_lr is not None and not (self.guide_lr > 0 and math.isfinite(self.guide_lr)):
+            fail("guide_lr", "it must be a finite number > 0, or None (the same as lr)")
         if not self.weight_decay >= 0:
             fail("weight_decay", "it must be >= 0")
         if not 0 <= self.warmup_ratio < 1:

@@ -20,7 +20,7 @@ from monteclora_pyro.data import load_task, make_collator, make_loader, tokenize
 from monteclora_pyro.files import atomic_write
 from monteclora_pyro.models.likelihood import get_likelihood
 from monteclora_pyro.peft_interop import monteclora_config_from_peft
-from monteclora_pyro.training import distributed
+from monteclora_pyro.training import convergence, distributed
 from monteclora_pyro.training.config import TrainConfig, resolve_device, save_run_config
 from monteclora_pyro.training.evaluation import Evaluation, evaluate, first_examples
 from monteclora_pyro.training.methods import METHODS
@@ -83,6 +83,12 @@ class Trainer:
             if extra:
                 logger.warning("training newly initialised modules %s as well", extra)
             model_config = dataclasses.replace(model_config, modules_to_save=heads + extra)
+        allowed = METHODS[config.method].objectives
+        if allowed is not None and model_config.objective not in allowed:
+            raise ValueError(
+                f"method {config.method!r} runs objective {' or '.join(map(repr, allowed))}, not "
+                f"{model_config.objective!r}"
+            )
         self.model_cfg = model_config
         needed = {
             "train": first_examples(task.splits["train"], config.max_train_examples),
@@ -105,6 +111,7 @@ class Trainer:
         )
         self.method.to(self.device)
         self.params = self.method.params
+        self.variational = self.method.variational_parameters()
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         self.total_steps = (
             config.max_steps
@@ -117,15 +124,24 @@ class Trainer:
             self.optimizer, lambda s: _linear_schedule(s, warmup, self.total_steps)
         )
         self.step = 0
+        # The start of the current convergence window: its step and the guide's parameters.
+        self.window_step = 0
+        self.window_start = convergence.snapshot(self.variational)
         self.evaluation: Evaluation | None = None  # the last evaluation
         self.eval_metrics: dict | None = None  # of the last evaluation
 
     def _optimizer(self) -> torch.optim.Optimizer:
+        """AdamW or ClippedAdam; the variational parameters in a group at ``guide_lr``."""
         cfg = self.cfg
+        variational = {id(p) for p in self.variational.values()}
+        groups = [{"params": [p for p in self.params if id(p) not in variational]}]
+        if variational:
+            guide_params = [p for p in self.params if id(p) in variational]
+            groups.append({"params": guide_params, "lr": cfg.guide_lr or cfg.lr})
         if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return ClippedAdam(
-            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, clip_norm=cfg.max_grad_norm
+            groups, lr=cfg.lr, weight_decay=cfg.weight_decay, clip_norm=cfg.max_grad_norm
         )
 
     @property
@@ -159,6 +175,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+            "window_step": self.window_step,
+            "window_start": self.window_start,
         }
 
     def restore_state(self, state: dict, source) -> None:
@@ -170,6 +188,8 @@ class Trainer:
         if state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = int(state["step"])
+        self.window_step = int(state.get("window_step", self.step))
+        self.window_start = state.get("window_start") or convergence.snapshot(self.variational)
 
     def save_checkpoint(self) -> None:
         """Atomically write the full training state (rank 0 only when data-parallel)."""
@@ -241,6 +261,8 @@ class Trainer:
             dynamic_ncols=True,
         )
         for epoch, batch in self._batches():
+            if self.cfg.kl_warmup_steps:
+                self.method.set_kl_factor(min(1.0, (self.step + 1) / self.cfg.kl_warmup_steps))
             try:
                 if self.parallel is None:
                     batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -288,11 +310,32 @@ class Trainer:
                 metrics = self.evaluate(epoch)
                 self.method.network.train()
                 self._log({"kind": "eval", "step": self.step, "epoch": epoch, **metrics})
+                self._log_convergence(epoch)
                 self.save_checkpoint()
             elif self.step % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
         bar.close()
         return self.finish()
+
+    def _log_convergence(self, epoch: int) -> None:
+        """Write the convergence record of the window that ends now, and start the next."""
+        if self.is_main:
+            losses = [
+                r["loss"]
+                for r in runs.read_history(self.run_dir, kind="train")
+                if self.window_step < r["step"] <= self.step
+            ]
+            record = convergence.convergence_record(
+                self.step,
+                epoch,
+                self.step - self.window_step,
+                losses,
+                self.window_start,
+                self.variational,
+            )
+            self._log(record)
+        self.window_step = self.step
+        self.window_start = convergence.snapshot(self.variational)
 
     def evaluate(self, epoch: int | None = None) -> dict:
         """Metrics of both prediction modes on the evaluation split (kept in ``evaluation``).
@@ -325,9 +368,10 @@ class Trainer:
     def finish(self) -> dict:
         """Write the method's artefacts, the metrics and the evaluation's files.
 
-        ``metrics.json`` holds the task, split, method, ``num_examples``, ``num_samples`` (the
-        draws of the predictive), ``steps`` and one entry per prediction mode. The evaluation
-        writes what its likelihood keeps (``predictions.npz`` for class probabilities).
+        ``metrics.json`` holds the task, split, method, ``num_examples`` (evaluated),
+        ``num_train_examples`` (N), ``num_samples`` (the draws of the predictive), ``steps``
+        and one entry per prediction mode. The evaluation writes what its likelihood keeps
+        (``predictions.npz`` for class probabilities).
         """
         if self.eval_metrics is None:
             self.evaluate()
@@ -339,6 +383,7 @@ class Trainer:
             "split": self.cfg.eval_split,
             "method": self.cfg.method,
             "num_examples": len(self.eval_set),
+            "num_train_examples": len(self.train_set),
             "num_samples": self.evaluation.num_draws,
             "steps": self.step,
             **self.eval_metrics,

@@ -18,11 +18,9 @@ from monteclora_pyro.models import MonteCLoRAModel
 from monteclora_pyro.models.likelihood import Likelihood, resolve_likelihood
 from monteclora_pyro.models.params import restore_parameters
 from monteclora_pyro.peft_interop import load_peft_adapter
-from monteclora_pyro.sites import split_site_name
+from monteclora_pyro.sites import LARGE_KINDS, split_site_name
 from monteclora_pyro.training.base import Method
 from monteclora_pyro.training.peft import PeftLoRAMethod, PeftMonteCLoRAMethod
-
-SKIPPED_SAMPLE_KINDS = ("noise",)  # K·d_in·r entries per layer: not saved
 
 
 class PyroMethod(Method):
@@ -83,6 +81,9 @@ class PyroMethod(Method):
         n = self.model.num_data
         return loss / n, {k: v / n for k, v in terms.items()}
 
+    def set_kl_factor(self, factor: float) -> None:
+        self.model.kl_factor = factor
+
     def draws(self, num_samples: int, seed: int) -> list[dict[str, torch.Tensor]]:
         """The perturbations δ of A of S seeded guide draws (none for LoRA's pinned guide)."""
         return posterior_deltas(self.model, self.guide, num_samples, seed)
@@ -121,7 +122,7 @@ class MonteCLoRAMethod(PyroMethod):
             "prior": draw_prior(self.model, num_samples, seed + 1),
         }
         for group, draws in groups.items():
-            names = [n for n in draws[0] if split_site_name(n)[1] not in SKIPPED_SAMPLE_KINDS]
+            names = [n for n in draws[0] if split_site_name(n)[1] not in LARGE_KINDS]
             arrays = {n: torch.stack([d[n] for d in draws]).detach().cpu().numpy() for n in names}
             runs.write_samples(run_dir, group, arrays)
 
@@ -131,6 +132,7 @@ class LoRAMethod(PyroMethod):
 
     name = "lora"
     guide_class = LoRAGuide
+    objectives = ("paper",)
 
 
 METHODS: dict[str, type[Method]] = {

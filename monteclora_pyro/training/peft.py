@@ -56,6 +56,7 @@ class PeftMethod(Method):
     """A PEFT-adapted classifier; subclasses choose PEFT's configuration."""
 
     likelihoods: ClassVar[tuple[str, ...]] = ("classification",)
+    objectives: ClassVar[tuple[str, ...]] = ("paper",)  # PEFT's own objective
 
     def __init__(
         self,

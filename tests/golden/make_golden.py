@@ -44,7 +44,7 @@ def golden_config(method: str, output_dir: Path) -> tuple[TrainConfig, MonteCLoR
         seed=5,
         output_dir=str(output_dir),
     )
-    return train_cfg, MonteCLoRAConfig(r=4)
+    return train_cfg, MonteCLoRAConfig.paper(r=4)
 
 
 def make_assets() -> None:

@@ -22,10 +22,11 @@ from monteclora_pyro import (
 )
 from monteclora_pyro.infer import draw_guide
 from monteclora_pyro.models.likelihood import IGNORE_INDEX, is_causal_lm
-from monteclora_pyro.sites import LATENT_KINDS as SITES
+from monteclora_pyro.models.objectives import PaperObjective
 from monteclora_pyro.sites import site_name
 from monteclora_pyro.training import predict, token_metrics
 
+SITES = PaperObjective.kinds  # the latent sites of each layer (paper objective)
 KEYS = [10, 11, 12, 13]
 ANSWERS = [20, 21, 22, 23]
 

@@ -12,9 +12,10 @@ from conftest import tiny_hf_model, token_batch
 from pyro import poutine
 
 from monteclora_pyro import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
-from monteclora_pyro.sites import LATENT_KINDS as SITES
+from monteclora_pyro.models.objectives import PaperObjective
 from monteclora_pyro.sites import site_name
 
+SITES = PaperObjective.kinds  # the latent sites of each layer (paper objective)
 DEFAULT_SUFFIXES = {
     "bert": ("query", "value"),
     "roberta": ("query", "value"),

@@ -1,0 +1,120 @@
+"""Convergence figures, the guide's learning rate, KL warm-up and the Bayesian objective's runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from monteclora_pyro import MonteCLoRAConfig
+from monteclora_pyro.training import TrainConfig, Trainer, train
+from monteclora_pyro.training.convergence import (
+    PARAM_TOLERANCE,
+    convergence_record,
+    elbo_figures,
+    relative_changes,
+)
+
+
+def _config(toy_assets, out, **overrides) -> TrainConfig:
+    model_dir, data_dir = toy_assets
+    options = {
+        "model": str(model_dir),
+        "task": "sst2",
+        "data_dir": str(data_dir),
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 3e-2,
+        "num_samples": 3,
+        "output_dir": str(out),
+    }
+    return TrainConfig(**{**options, **overrides})
+
+
+def _records(run_dir, kind):
+    lines = (run_dir / "history.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_elbo_figures_of_a_line_and_of_noise():
+    steps = np.arange(40)
+    line = elbo_figures(list(10.0 - 0.1 * steps))
+    mean = float((10.0 - 0.1 * steps).mean())
+    assert line["elbo_slope"] == pytest.approx(-0.1 / mean)
+    # Half means 9.0 and 7.0 (each half's mean of a line): change -2 / mean.
+    assert line["elbo_change"] == pytest.approx(-2.0 / mean)
+    assert not line["elbo_steady"]
+    noise = np.random.default_rng(0).normal(5.0, 1.0, size=400)
+    flat = elbo_figures(list(noise))
+    assert flat["elbo_steady"] and abs(flat["elbo_slope"]) < 1e-3
+    assert math.isnan(elbo_figures([1.0])["elbo_slope"])
+
+
+def test_relative_changes_and_the_converged_flag():
+    start = {"a": torch.tensor([3.0, 4.0]), "b": torch.zeros(2)}
+    end = {"a": torch.tensor([3.0, 4.5]), "b": torch.tensor([0.0, 1e-9])}
+    changes = relative_changes(start, end)
+    assert changes["a"] == pytest.approx(0.5 / 5.0)
+    assert changes["b"] == pytest.approx(1e-9 / 1e-8)  # the floor of the norm
+    record = convergence_record(10, 0, 10, [1.0] * 10, start, end)
+    assert record["max_param_change"] == pytest.approx(0.1) and not record["converged"]
+    small = {"a": start["a"] * (1 + PARAM_TOLERANCE / 2), "b": start["b"]}
+    assert convergence_record(10, 0, 10, [1.0] * 10, start, small)["converged"]
+
+
+def test_every_evaluation_writes_a_convergence_record_of_the_guide(toy_assets, tmp_path):
+    out = tmp_path / "run"
+    trainer = Trainer(_config(toy_assets, out, guide_lr=0.1), MonteCLoRAConfig(r=4))
+    groups = trainer.optimizer.param_groups
+    assert [g["initial_lr"] for g in groups] == [3e-2, 0.1]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in trainer.variational.values()}
+    trainer.train()
+    records = _records(out, "convergence")
+    per_epoch = trainer.steps_per_epoch
+    assert [(r["step"], r["window"]) for r in records] == [
+        (per_epoch, per_epoch),
+        (2 * per_epoch, per_epoch),
+    ]
+    assert set(records[0]["param_change"]) == set(trainer.variational)
+    # The first window starts at the initial parameters.
+    first = records[0]["param_change"]
+    name = next(iter(first))
+    assert first[name] > 0
+    assert records[0]["max_param_change"] == max(first.values())
+    losses = [r["loss"] for r in _records(out, "train")][:per_epoch]
+    assert records[0]["elbo_slope"] == pytest.approx(
+        np.polyfit(np.arange(per_epoch), losses, 1)[0] / abs(np.mean(losses))
+    )
+
+
+def test_kl_warm_up_scales_the_first_steps_kl(toy_assets, tmp_path):
+    kwargs = {"max_steps": 1, "epochs": 1}
+    plain = train(_config(toy_assets, tmp_path / "plain", **kwargs), MonteCLoRAConfig(r=4))
+    assert plain["steps"] == 1
+    warm = _config(toy_assets, tmp_path / "warm", kl_warmup_steps=4, **kwargs)
+    train(warm, MonteCLoRAConfig(r=4), progress=False)
+    (a,), (b,) = _records(tmp_path / "plain", "train"), _records(tmp_path / "warm", "train")
+    for term in ("kl_covariance", "kl_concentration", "kl_weights", "kl_noise"):
+        assert b[term] == pytest.approx(a[term] / 4, rel=1e-5), term
+    assert b["nll"] == pytest.approx(a["nll"], rel=1e-6)
+
+
+def test_the_bayesian_objective_trains_end_to_end_and_lora_refuses_it(toy_assets, tmp_path):
+    out = tmp_path / "bayes"
+    metrics = train(
+        _config(toy_assets, out, guide_lr=0.05), MonteCLoRAConfig.bayes(r=4), progress=False
+    )
+    step = _records(out, "train")[0]
+    assert {"kl_precision", "kl_covariance", "kl_A", "nll"} <= set(step)
+    assert "kl_noise" not in step and "cooperative" not in step
+    samples = np.load(out / "posterior_samples.npz")
+    assert any(name.endswith(".precision") for name in samples.files)
+    assert not any(name.endswith(".A") for name in samples.files)  # too large to keep
+    assert metrics["num_samples"] == 3
+    with pytest.raises(ValueError, match="runs objective 'paper'"):
+        Trainer(_config(toy_assets, tmp_path / "lora", method="lora"), MonteCLoRAConfig.bayes())
+    with pytest.raises(ValueError, match="cooperative_weight"):
+        MonteCLoRAConfig(objective="bayes")
