@@ -25,10 +25,23 @@ def _modules() -> dict[str, Path]:
     return modules
 
 
+def _type_checking_only(tree: ast.Module) -> set[ast.AST]:
+    """Import nodes under ``if TYPE_CHECKING:``, which never run."""
+    nodes = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            nodes.update(n for child in node.body for n in ast.walk(child))
+    return nodes
+
+
 def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
-    """The package modules ``path`` imports, at any depth of its code."""
+    """The package modules ``path`` imports at run time, at any depth of its code."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    skipped = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if node in skipped:
+            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
