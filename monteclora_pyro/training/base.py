@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.models.likelihood import Likelihood
 
 
@@ -39,17 +38,6 @@ class Method(ABC):
     objectives: ClassVar[tuple[str, ...] | None] = None  # None: every objective
     post_hoc: ClassVar[bool] = False  # can train from a PEFT adapter (from_peft)
     guide: nn.Module | None = None  # the Pyro guide, if the method has one
-
-    @abstractmethod
-    def __init__(
-        self,
-        hf_model: nn.Module,
-        model_cfg: MonteCLoRAConfig,
-        *,
-        num_data: int,
-        likelihood: Likelihood,
-        from_peft: str | None = None,
-    ): ...
 
     @property
     @abstractmethod

@@ -79,6 +79,10 @@ def evaluate(
     return accumulator.result()
 
 
+def _evaluate_parts(model: MonteCLoRAModel, guide: nn.Module, *args) -> Evaluation:
+    return evaluate(PyroMethod.from_parts(model, guide), model.likelihood, *args)
+
+
 def predict(
     model: MonteCLoRAModel,
     guide: nn.Module,
@@ -92,8 +96,7 @@ def predict(
         raise ValueError(
             f"a {model.likelihood.name} model has no class probabilities: use token_metrics"
         )
-    method = PyroMethod.from_parts(model, guide)
-    return evaluate(method, model.likelihood, loader, num_samples, seed, progress).predictions
+    return _evaluate_parts(model, guide, loader, num_samples, seed, progress).predictions
 
 
 def token_metrics(
@@ -117,8 +120,7 @@ def token_metrics(
     """
     if model.likelihood.class_probabilities:
         raise ValueError("token_metrics needs a MonteCLoRAModel with likelihood='next_token'")
-    method = PyroMethod.from_parts(model, guide)
-    return evaluate(method, model.likelihood, loader, num_samples, seed, progress).metrics()
+    return _evaluate_parts(model, guide, loader, num_samples, seed, progress).metrics()
 
 
 def load_run(run_dir: str | Path) -> tuple[Method, object, TrainConfig]:
