@@ -135,8 +135,56 @@ class LoRAMethod(PyroMethod):
     objectives = ("paper",)
 
 
+class MCDropoutMethod(LoRAMethod):
+    """MC dropout: LoRA trained with dropout, evaluated with dropout on for S passes.
+
+    Every dropout module of the network (the backbone's and the adapters' ``lora_dropout``)
+    stays active in the S draws; draw s has its own random stream, seeded from the evaluation
+    seed, which advances batch by batch. The plug-in prediction is the eval-mode pass.
+    """
+
+    name = "mc-dropout"
+
+    def __init__(self, hf_model: nn.Module, model_cfg: MonteCLoRAConfig, **kwargs):
+        if model_cfg.lora_dropout <= 0:
+            raise ValueError(
+                "method 'mc-dropout' needs MonteCLoRAConfig.lora_dropout > 0 (e.g. 0.1), got "
+                f"{model_cfg.lora_dropout}"
+            )
+        super().__init__(hf_model, model_cfg, **kwargs)
+
+    def draws(self, num_samples: int, seed: int) -> list[torch.Generator]:
+        """One CPU generator per draw: the stream of its dropout masks."""
+        if num_samples < 1:
+            raise ValueError(f"num_samples={num_samples} is invalid: it must be >= 1")
+        return [torch.Generator().manual_seed(seed * 1_000_003 + s) for s in range(num_samples)]
+
+    def scores(self, batch: dict, draw: torch.Generator | None = None) -> torch.Tensor:
+        if draw is None:
+            return self.model.logits(**batch)
+        dropouts = [m for m in self.network.modules() if isinstance(m, nn.Dropout)]
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(draw.get_state())
+            for module in dropouts:
+                module.train()
+            try:
+                out = self.model.logits(**batch)
+            finally:
+                for module in dropouts:
+                    module.eval()
+            draw.set_state(torch.get_rng_state())
+        return out
+
+
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (MonteCLoRAMethod, LoRAMethod, PeftLoRAMethod, PeftMonteCLoRAMethod)
+    cls.name: cls
+    for cls in (
+        MonteCLoRAMethod,
+        LoRAMethod,
+        MCDropoutMethod,
+        PeftLoRAMethod,
+        PeftMonteCLoRAMethod,
+    )
 }
 METHOD_NAMES = tuple(METHODS)
 

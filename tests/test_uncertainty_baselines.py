@@ -1,0 +1,84 @@
+"""Uncertainty baselines on the same loop: MC dropout and deep ensembles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monteclora_pyro import MonteCLoRAConfig, metrics, runs
+from monteclora_pyro.cli import main
+from monteclora_pyro.experiments.ensemble import ENSEMBLE_METHOD, ensemble_runs
+from monteclora_pyro.training import TrainConfig, Trainer, evaluate_run, train
+
+
+def _config(toy_assets, out, **overrides) -> TrainConfig:
+    model_dir, data_dir = toy_assets
+    options = {
+        "model": str(model_dir),
+        "task": "sst2",
+        "data_dir": str(data_dir),
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 3e-2,
+        "num_samples": 4,
+        "output_dir": str(out),
+    }
+    return TrainConfig(**{**options, **overrides})
+
+
+def _normalised(probs: np.ndarray) -> np.ndarray:
+    """Probabilities as the metrics see them: float32 rows renormalised to sum to 1."""
+    return probs / probs.sum(-1, keepdims=True)
+
+
+def test_mc_dropout_draws_differ_and_average_into_the_predictive(toy_assets, tmp_path):
+    out = tmp_path / "mc"
+    cfg = _config(toy_assets, out, method="mc-dropout")
+    saved = train(cfg, MonteCLoRAConfig(r=4, lora_dropout=0.2), progress=False)
+    predictions = runs.read_predictions(out)
+    draws = predictions.draw_probs
+    assert draws.shape == (4, 64, 2) and saved["num_samples"] == 4
+    # Dropout stays on: every pair of draws differs, and differs from the eval-mode pass.
+    assert all(not np.allclose(draws[i], draws[j]) for i in range(4) for j in range(i))
+    assert not np.allclose(draws.mean(0), predictions.mean_probs)
+    expected = metrics.nll(_normalised(draws.mean(0)), predictions.labels)
+    assert saved["posterior_predictive"]["nll"] == pytest.approx(expected, rel=1e-12)
+    # The draws are seeded: evaluating again gives them exactly.
+    again = evaluate_run(out, progress=False)
+    assert again["posterior_predictive"] == saved["posterior_predictive"]
+
+
+def test_mc_dropout_needs_dropout(toy_assets, tmp_path):
+    with pytest.raises(ValueError, match="lora_dropout > 0"):
+        Trainer(_config(toy_assets, tmp_path / "x", method="mc-dropout"), MonteCLoRAConfig(r=4))
+
+
+def test_deep_ensemble_averages_its_members(toy_assets, tmp_path, capsys):
+    members = []
+    for seed in (0, 1):
+        out = tmp_path / f"lora-s{seed}"
+        train(_config(toy_assets, out, method="lora", seed=seed), MonteCLoRAConfig(r=4))
+        members.append(out)
+    out = tmp_path / "ensemble"
+    saved = ensemble_runs(members, out)
+    predictions = runs.read_predictions(out)
+    member_predictions = [runs.read_predictions(m) for m in members]
+    for i, member in enumerate(member_predictions):
+        np.testing.assert_array_equal(predictions.draw_probs[i], member.predictive_probs)
+    average = np.mean([m.predictive_probs for m in member_predictions], axis=0)
+    np.testing.assert_allclose(predictions.predictive_probs, average, rtol=1e-12)
+    assert not np.allclose(*[m.mean_probs for m in member_predictions])  # seeds differ
+    assert saved["method"] == ENSEMBLE_METHOD and saved["num_samples"] == 2
+    assert saved["posterior_predictive"]["nll"] == pytest.approx(
+        metrics.nll(_normalised(average), predictions.labels), rel=1e-12
+    )
+    assert runs.read_config(out)["train"]["method"] == ENSEMBLE_METHOD
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        ensemble_runs(members, out)
+    with pytest.raises(ValueError, match="at least two runs"):
+        ensemble_runs(members[:1], tmp_path / "one")
+    # The command line writes the same run directory.
+    via_cli = tmp_path / "cli"
+    assert main(["--quiet", "ensemble", *map(str, members), "--output-dir", str(via_cli)]) == 0
+    assert "deep-ensemble of 2" in capsys.readouterr().out
+    assert runs.read_metrics(via_cli)["posterior_predictive"] == saved["posterior_predictive"]
