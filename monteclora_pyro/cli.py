@@ -18,6 +18,7 @@ from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS, TASKS
 from monteclora_pyro.experiments import sweep
 from monteclora_pyro.experiments.demo import run_demo
+from monteclora_pyro.experiments.ensemble import ENSEMBLE_METHOD, ensemble_runs
 from monteclora_pyro.experiments.results import write_results
 from monteclora_pyro.peft_interop import export_peft_adapter
 from monteclora_pyro.training import (
@@ -271,6 +272,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    metrics = ensemble_runs(args.run_dirs, args.output_dir)
+    print(_format_table({f"{ENSEMBLE_METHOD} of {len(args.run_dirs)}": metrics}))
+    print(f"\nrun directory: {args.output_dir}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(
         args.output_dir,
@@ -408,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ensemble", help="average finished runs (e.g. seeds) into a deep ensemble")
+    p.add_argument("run_dirs", nargs="+", help="finished runs of one task and split")
+    p.add_argument("--output-dir", required=True, help="the ensemble's new run directory")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("analyze", help="posterior analysis, plots and an HTML report of runs")
     p.add_argument(

@@ -12,7 +12,8 @@ import torch
 from monteclora_pyro import MonteCLoRAConfig
 from monteclora_pyro.training import TrainConfig, Trainer, train
 from monteclora_pyro.training.convergence import (
-    PARAM_TOLERANCE,
+    SNR_TOLERANCE,
+    Window,
     convergence_record,
     elbo_figures,
     relative_changes,
@@ -53,16 +54,38 @@ def test_elbo_figures_of_a_line_and_of_noise():
     assert math.isnan(elbo_figures([1.0])["elbo_slope"])
 
 
-def test_relative_changes_and_the_converged_flag():
+def test_relative_changes_gradient_snr_and_the_converged_flag():
     start = {"a": torch.tensor([3.0, 4.0]), "b": torch.zeros(2)}
     end = {"a": torch.tensor([3.0, 4.5]), "b": torch.tensor([0.0, 1e-9])}
     changes = relative_changes(start, end)
     assert changes["a"] == pytest.approx(0.5 / 5.0)
     assert changes["b"] == pytest.approx(1e-9 / 1e-8)  # the floor of the norm
-    record = convergence_record(10, 0, 10, [1.0] * 10, start, end)
-    assert record["max_param_change"] == pytest.approx(0.1) and not record["converged"]
-    small = {"a": start["a"] * (1 + PARAM_TOLERANCE / 2), "b": start["b"]}
-    assert convergence_record(10, 0, 10, [1.0] * 10, start, small)["converged"]
+
+    def window_with(grads_a, grads_b):
+        params = {n: torch.nn.Parameter(t.clone()) for n, t in start.items()}
+        window = Window(params, step=0)
+        for ga, gb in zip(grads_a, grads_b, strict=True):
+            params["a"].grad, params["b"].grad = ga, gb
+            window.add_gradients(params)
+        return window
+
+    rng = torch.Generator().manual_seed(0)
+    n = 400
+    noise = [torch.randn(2, generator=rng) for _ in range(2 * n)]
+    # Pure noise: snr² ~ χ²_2 / 2 (mean 1); a constant push of 1 in noise of sd 1 over n steps
+    # has snr ≈ √n.
+    window = window_with(noise[:n], noise[n:])
+    snr = window.grad_snr()
+    assert snr["a"] < SNR_TOLERANCE and snr["b"] < SNR_TOLERANCE
+    record = convergence_record(n, 0, window, [1.0] * n, end)
+    assert record["converged"] and record["window"] == n
+    assert record["max_param_change"] == pytest.approx(0.1)
+    pushed = window_with([g + 1.0 for g in noise[:n]], noise[n:])
+    assert pushed.grad_snr()["a"] == pytest.approx(math.sqrt(n), rel=0.15)
+    assert not convergence_record(n, 0, pushed, [1.0] * n, end)["converged"]
+    # A window restored from a checkpoint continues where it stopped.
+    again = Window.from_state(pushed.state())
+    assert again.grad_snr() == pushed.grad_snr() and again.count == n
 
 
 def test_every_evaluation_writes_a_convergence_record_of_the_guide(toy_assets, tmp_path):

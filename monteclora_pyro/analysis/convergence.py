@@ -77,9 +77,18 @@ def convergence_warning(run: str, record: dict | None) -> str | None:
             f"the training of {run} has not converged: over the last {window} steps "
             f"{slope}, {change}"
         )
+    snr = record.get("grad_snr") or {}
+    pushed = f", gradient signal-to-noise {snr[name]:.3g}" if name in snr else ""
+    if snr:
+        worst = max(snr, key=lambda k: snr[k])
+        pushed = (
+            f"; the gradient of {worst} is still systematic (signal-to-noise "
+            f"{snr[worst]:.3g}; about 1 at an optimum)"
+        )
     return (
         f"the guide of {run} has not converged: max relative change of a variational "
         f"parameter over the last {window} steps {value:.2g} ({name}), {slope}, {change}"
+        f"{pushed}"
     )
 
 

@@ -178,7 +178,8 @@ def _training_dataset(loaded: list[dict]) -> xr.Dataset:
     lengths = [len(next(iter(r["history"].values()), ())) for r in loaded]
     steps = max(lengths, default=0)
     data = {}
-    for term in TRAINING_TERMS:
+    logged = {term for run in loaded for term in run["history"]}
+    for term in (t for t in TRAINING_TERMS if t in logged):  # each objective logs its own terms
         values = np.full((len(loaded), steps), np.nan)
         for chain, (run, length) in enumerate(zip(loaded, lengths, strict=True)):
             if term in run["history"]:

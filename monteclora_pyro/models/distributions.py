@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import ClassVar
 
 import pyro.distributions as dist
@@ -27,6 +28,13 @@ class Wishart(dist.Wishart):
     """
 
     max_repairs = 8
+
+    def __init__(self, *args, **kwargs):
+        with warnings.catch_warnings():
+            # torch warns for r - 1 < df < r on every construction; rsample repairs the rare
+            # numerically singular draw (a learned guide df may settle there).
+            warnings.filterwarnings("ignore", message="Low df values detected")
+            super().__init__(*args, **kwargs)
 
     def rsample(self, sample_shape: torch.Size = _EMPTY) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)

@@ -8,11 +8,18 @@ At every evaluation the loop writes one ``{"kind": "convergence", ...}`` record 
 - ``elbo_change``: the relative change of the mean loss between the window's two halves;
 - ``param_change``: for each variational parameter, ‖θ_end − θ_start‖ / max(‖θ_start‖, 1e-8)
   over the window (unconstrained values, named as in the param store), and its maximum;
-- ``converged``: every parameter moved by less than :data:`PARAM_TOLERANCE` relative, and the
-  mean loss changed by less than :data:`ELBO_TOLERANCE` relative or less than two standard
-  errors of the difference of the half means (minibatch noise).
+- ``grad_snr``: for each variational parameter, the signal-to-noise ratio of its gradient over
+  the window, √(‖ḡ‖² / Σ se²) with ḡ the mean gradient of the window's steps and se its
+  per-coordinate standard error, and its maximum. At an optimum the mean gradient is noise, and
+  the ratio is about 1 (its square is a χ²_d / d variable); a parameter still pushed one way
+  has a ratio well above 1, however small the learning rate has become;
+- ``converged``: every ``grad_snr`` below :data:`SNR_TOLERANCE` and the mean loss steady (it
+  changed by less than :data:`ELBO_TOLERANCE` relative, or by less than two standard errors of
+  the difference of the half means).
 
-A statistic of the posterior is worth reading only when the last record says ``converged``.
+A small ``param_change`` alone does not mean convergence: with a decaying learning rate every
+parameter stops moving at the end of a run. A statistic of the posterior is worth reading only
+when the last record says ``converged``.
 """
 
 from __future__ import annotations
@@ -22,8 +29,74 @@ import math
 import numpy as np
 import torch
 
-PARAM_TOLERANCE = 0.01
 ELBO_TOLERANCE = 0.01
+# Pure noise gives grad_snr² ~ χ²_d / d; for a scalar parameter P(χ²_1 > 9) = 0.27 %.
+SNR_TOLERANCE = 3.0
+
+
+class Window:
+    """The running state of one convergence window: where it started and the gradient moments.
+
+    Parameters
+    ----------
+    params : dict of str to torch.Tensor
+        The variational parameters, by name.
+    step : int
+        The step at which the window starts.
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor], step: int):
+        self.step = step
+        self.start = snapshot(params)
+        self.count = 0
+        self.grad_sum = {n: torch.zeros_like(t) for n, t in self.start.items()}
+        self.grad_square = {n: torch.zeros_like(t) for n, t in self.start.items()}
+
+    def add_gradients(self, params: dict[str, torch.Tensor]) -> None:
+        """Accumulate the current gradients of the parameters (one optimisation step)."""
+        self.count += 1
+        for name, param in params.items():
+            if param.grad is not None:
+                grad = param.grad.detach().cpu()
+                self.grad_sum[name] += grad
+                self.grad_square[name] += grad.square()
+
+    def grad_snr(self) -> dict[str, float]:
+        """√(‖ḡ‖² / Σ se²) per parameter (NaN with fewer than two steps or no gradient)."""
+        n = self.count
+        out = {}
+        for name, total in self.grad_sum.items():
+            if n < 2:
+                out[name] = math.nan
+                continue
+            mean = total / n
+            variance = (self.grad_square[name] / n - mean.square()).clamp_min(0) * n / (n - 1)
+            noise = float(variance.sum()) / n
+            signal = float(mean.square().sum())
+            out[name] = (
+                math.sqrt(signal / noise) if noise > 0 else (0.0 if signal == 0 else math.inf)
+            )
+        return out
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the window."""
+        return {
+            "step": self.step,
+            "start": self.start,
+            "count": self.count,
+            "grad_sum": self.grad_sum,
+            "grad_square": self.grad_square,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> Window:
+        """The window saved by :meth:`state`."""
+        window = cls.__new__(cls)
+        window.step = int(state["step"])
+        window.start = state["start"]
+        window.count = int(state["count"])
+        window.grad_sum, window.grad_square = state["grad_sum"], state["grad_square"]
+        return window
 
 
 def snapshot(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -62,25 +135,24 @@ def elbo_figures(losses: list[float]) -> dict[str, float | bool]:
 
 
 def convergence_record(
-    step: int,
-    epoch: int,
-    window: int,
-    losses: list[float],
-    start: dict[str, torch.Tensor],
-    end: dict[str, torch.Tensor],
+    step: int, epoch: int, window: Window, losses: list[float], end: dict[str, torch.Tensor]
 ) -> dict:
     """The ``convergence`` history record of a window (see the module docstring)."""
     elbo = elbo_figures(losses)
-    changes = relative_changes(start, end)
-    worst = max(changes.values(), default=0.0)
+    changes = relative_changes(window.start, end)
+    snr = window.grad_snr()
+    worst_snr = max(snr.values(), default=0.0)
+    steady_guide = not math.isnan(worst_snr) and worst_snr < SNR_TOLERANCE
     return {
         "kind": "convergence",
         "step": step,
         "epoch": epoch,
-        "window": window,
+        "window": step - window.step,
         "elbo_slope": elbo["elbo_slope"],
         "elbo_change": elbo["elbo_change"],
         "param_change": changes,
-        "max_param_change": worst,
-        "converged": bool(elbo["elbo_steady"] and worst < PARAM_TOLERANCE),
+        "max_param_change": max(changes.values(), default=0.0),
+        "grad_snr": snr,
+        "max_grad_snr": worst_snr,
+        "converged": bool(elbo["elbo_steady"] and steady_guide),
     }

@@ -124,9 +124,7 @@ class Trainer:
             self.optimizer, lambda s: _linear_schedule(s, warmup, self.total_steps)
         )
         self.step = 0
-        # The start of the current convergence window: its step and the guide's parameters.
-        self.window_step = 0
-        self.window_start = convergence.snapshot(self.variational)
+        self.window = convergence.Window(self.variational, step=0)  # of the convergence record
         self.evaluation: Evaluation | None = None  # the last evaluation
         self.eval_metrics: dict | None = None  # of the last evaluation
 
@@ -175,8 +173,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-            "window_step": self.window_step,
-            "window_start": self.window_start,
+            "convergence_window": self.window.state(),
         }
 
     def restore_state(self, state: dict, source) -> None:
@@ -188,8 +185,12 @@ class Trainer:
         if state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = int(state["step"])
-        self.window_step = int(state.get("window_step", self.step))
-        self.window_start = state.get("window_start") or convergence.snapshot(self.variational)
+        window = state.get("convergence_window")
+        self.window = (
+            convergence.Window.from_state(window)
+            if window is not None
+            else convergence.Window(self.variational, step=self.step)
+        )
 
     def save_checkpoint(self) -> None:
         """Atomically write the full training state (rank 0 only when data-parallel)."""
@@ -287,6 +288,7 @@ class Trainer:
                     f"non-finite loss or gradient at step {self.step + 1} (epoch {epoch}): "
                     f"{err}; {kept}"
                 ) from err
+            self.window.add_gradients(self.variational)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             lr = self.scheduler.get_last_lr()[0]
@@ -323,19 +325,13 @@ class Trainer:
             losses = [
                 r["loss"]
                 for r in runs.read_history(self.run_dir, kind="train")
-                if self.window_step < r["step"] <= self.step
+                if self.window.step < r["step"] <= self.step
             ]
             record = convergence.convergence_record(
-                self.step,
-                epoch,
-                self.step - self.window_step,
-                losses,
-                self.window_start,
-                self.variational,
+                self.step, epoch, self.window, losses, self.variational
             )
             self._log(record)
-        self.window_step = self.step
-        self.window_start = convergence.snapshot(self.variational)
+        self.window = convergence.Window(self.variational, step=self.step)
 
     def evaluate(self, epoch: int | None = None) -> dict:
         """Metrics of both prediction modes on the evaluation split (kept in ``evaluation``).
