@@ -12,11 +12,11 @@ import torch
 from monteclora_pyro import MonteCLoRAConfig
 from monteclora_pyro.training import TrainConfig, Trainer, train
 from monteclora_pyro.training.convergence import (
-    SNR_TOLERANCE,
     Window,
     convergence_record,
     elbo_figures,
     relative_changes,
+    snr_threshold,
 )
 
 
@@ -54,6 +54,12 @@ def test_elbo_figures_of_a_line_and_of_noise():
     assert math.isnan(elbo_figures([1.0])["elbo_slope"])
 
 
+def test_snr_threshold_is_the_noise_quantile():
+    # χ²_d 0.999 quantiles (tables): d = 1: 10.828, d = 4: 18.467, d = 64: 104.716.
+    for d, quantile in ((1, 10.828), (4, 18.467), (64, 104.716)):
+        assert snr_threshold(d) == pytest.approx(math.sqrt(quantile / d), rel=0.02)
+
+
 def test_relative_changes_gradient_snr_and_the_converged_flag():
     start = {"a": torch.tensor([3.0, 4.0]), "b": torch.zeros(2)}
     end = {"a": torch.tensor([3.0, 4.5]), "b": torch.tensor([0.0, 1e-9])}
@@ -76,7 +82,7 @@ def test_relative_changes_gradient_snr_and_the_converged_flag():
     # has snr ≈ √n.
     window = window_with(noise[:n], noise[n:])
     snr = window.grad_snr()
-    assert snr["a"] < SNR_TOLERANCE and snr["b"] < SNR_TOLERANCE
+    assert snr["a"] < snr_threshold(2) and snr["b"] < snr_threshold(2)
     record = convergence_record(n, 0, window, [1.0] * n, end)
     assert record["converged"] and record["window"] == n
     assert record["max_param_change"] == pytest.approx(0.1)
