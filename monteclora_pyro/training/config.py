@@ -13,8 +13,9 @@ import torch
 from monteclora_pyro import runs
 from monteclora_pyro.backbones import DEFAULT_MODEL
 from monteclora_pyro.config import MonteCLoRAConfig
-from monteclora_pyro.data import DEFAULT_TASK, get_task_spec
+from monteclora_pyro.data import DEFAULT_TASK, find_saved_dataset, resolve_task_spec
 from monteclora_pyro.training.methods import METHODS
+from monteclora_pyro.training.tracking import check_report_to
 
 OPTIMIZERS = ("adamw", "clipped_adam")
 
@@ -27,8 +28,9 @@ class TrainConfig:
     ----------
     model : str
         ``"minilm"`` (bundled MiniLM-L6), a local Hugging Face directory or a hub id.
-    task : str
-        A task of :data:`monteclora_pyro.data.TASKS`.
+    task : str or path-like
+        A task of :data:`monteclora_pyro.data.TASKS`, or a directory written by ``datasets``'
+        ``save_to_disk`` (:mod:`monteclora_pyro.data.saved`; stored as its absolute path).
     data_dir : str or None
         Local data directory (else ``$MONTECLORA_DATA``, else the hub).
     method : str
@@ -46,7 +48,9 @@ class TrainConfig:
         Peak learning rate (linear warm-up, then linear decay to zero).
     guide_lr : float or None
         Peak learning rate of the guide's variational parameters (same schedule); ``None``
-        means ``lr``.
+        means ``lr``, the paper's single learning rate. The default 0.05 is the fastest of
+        5e-4, 1e-2 and 5e-2 to approach convergence in ``studies/guide_lr.py``
+        (``docs/guide_lr.md``); at the adapter's rate the guide barely moves.
     kl_warmup_steps : int
         The KL terms grow linearly from 0 to full weight over these first steps (0: none).
     weight_decay : float
@@ -79,6 +83,10 @@ class TrainConfig:
         A PEFT LoRA adapter directory to start from (post-hoc MonteCLoRA, ``method`` must be
         ``"monteclora"``): μ, B and the saved head come from the adapter and stay frozen; only
         the guide trains. See :mod:`monteclora_pyro.peft_interop`.
+    report_to : str
+        Experiment tracking besides ``history.jsonl``: ``"none"``, ``"tensorboard"``,
+        ``"mlflow"``, or several comma-separated (:mod:`monteclora_pyro.training.tracking`).
+        Not part of the run's identity.
     """
 
     model: str = DEFAULT_MODEL
@@ -89,7 +97,7 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int = 16
     lr: float = 5e-4
-    guide_lr: float | None = None
+    guide_lr: float | None = 0.05
     kl_warmup_steps: int = 0
     weight_decay: float = 0.0
     optimizer: str = "adamw"
@@ -105,6 +113,7 @@ class TrainConfig:
     output_dir: str = "runs/monteclora"
     device: str = "cpu"
     from_peft: str | None = None
+    report_to: str = "none"
 
     def __post_init__(self) -> None:
         def fail(name: str, allowed: str) -> None:
@@ -152,7 +161,14 @@ class TrainConfig:
             if not METHODS[self.method].post_hoc:
                 post_hoc = [name for name, method in METHODS.items() if method.post_hoc]
                 fail("method", f"from_peft (post-hoc training) needs it to be one of {post_hoc}")
-        likelihood = get_task_spec(self.task).likelihood
+        try:
+            check_report_to(self.report_to)
+        except ValueError as err:
+            raise ValueError(f"TrainConfig.{err}") from None
+        saved = find_saved_dataset(self.task)
+        if saved is not None:
+            self.task = str(saved)
+        likelihood = resolve_task_spec(self.task).likelihood
         allowed = METHODS[self.method].likelihoods
         if allowed is not None and likelihood not in allowed:
             fail(

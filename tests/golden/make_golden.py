@@ -40,6 +40,7 @@ def golden_config(method: str, output_dir: Path) -> tuple[TrainConfig, MonteCLoR
         epochs=2,
         batch_size=16,
         lr=1e-2,
+        guide_lr=None,  # one learning rate for all, as when the golden runs were made
         num_samples=3,
         seed=5,
         output_dir=str(output_dir),
