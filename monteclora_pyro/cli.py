@@ -15,7 +15,7 @@ from monteclora_pyro.analysis.analyze import RESTARTS_NOTE, analyze_runs
 from monteclora_pyro.analysis.summary import format_summary
 from monteclora_pyro.analysis.tables import format_table
 from monteclora_pyro.config import MonteCLoRAConfig
-from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS, TASKS
+from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS, TASKS, resolve_task_spec
 from monteclora_pyro.experiments import sweep
 from monteclora_pyro.experiments.demo import run_demo
 from monteclora_pyro.experiments.ensemble import ENSEMBLE_METHOD, ensemble_runs
@@ -30,9 +30,11 @@ from monteclora_pyro.training import (
     is_main_process,
     train,
 )
+from monteclora_pyro.training.tracking import REPORT_TO, check_report_to
 
 TABLE_METRICS = ("accuracy", "nll", "ece", "brier")
 TOKEN_TABLE_METRICS = ("nll", "perplexity")  # next-token runs: per response token
+REGRESSION_TABLE_METRICS = ("pearson", "spearman", "rmse", "nll", "coverage_90")
 _MODEL_FLAGS = {f.name for f in dataclasses.fields(MonteCLoRAConfig)}
 
 
@@ -56,9 +58,10 @@ def _train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None
     add(
         "--task",
         default=d.task,
-        choices=sorted(TASKS),
+        type=_checked(resolve_task_spec),
         metavar="TASK",
-        help=f"task name, one of {', '.join(sorted(TASKS))} (default: %(default)s)",
+        help=f"task name, one of {', '.join(sorted(TASKS))}, or a directory written by "
+        "datasets' save_to_disk (columns text or text_a[, text_b], label) (default: %(default)s)",
     )
     add(
         "--data-dir",
@@ -83,9 +86,10 @@ def _train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None
     add("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
     add(
         "--guide-lr",
-        type=float,
+        type=_optional_float,
         default=d.guide_lr,
-        help="peak learning rate of the guide's variational parameters (default: --lr)",
+        help="peak learning rate of the guide's variational parameters; 'none': --lr "
+        "(default: %(default)s)",
     )
     add(
         "--kl-warmup-steps",
@@ -144,6 +148,12 @@ def _train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None
         help="post-hoc MonteCLoRA: start from this PEFT LoRA adapter (its r, lora_alpha, "
         "targets and head), keep μ, B and the head frozen and train only the guide",
     )
+    add(
+        "--report-to",
+        default=d.report_to,
+        type=_checked(check_report_to),
+        help=f"{', '.join(REPORT_TO)}, or several comma-separated (default: %(default)s)",
+    )
     group = parser.add_argument_group(
         "MonteCLoRA model (docs/design.md §6; an unset option takes the default of the "
         "objective: MonteCLoRAConfig.paper() or MonteCLoRAConfig.bayes())"
@@ -169,6 +179,19 @@ def _train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None
         group.add_argument(flag, default=argparse.SUPPRESS, type=kind, help=text)
 
 
+def _checked(check):
+    """An argparse type keeping the text; ``check(text)`` raising ValueError is a usage error."""
+
+    def parse(text: str) -> str:
+        try:
+            check(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+        return text
+
+    return parse
+
+
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
@@ -182,7 +205,8 @@ def _configs(args: argparse.Namespace) -> tuple[TrainConfig, MonteCLoRAConfig]:
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     train_kwargs = {k: v for k, v in values.items() if k in train_fields and v is not None}
     if "method" in values:
-        train_kwargs.setdefault("output_dir", f"runs/{args.task}-{args.method}-s{args.seed}")
+        task = Path(args.task).name  # a save_to_disk directory: its name
+        train_kwargs.setdefault("output_dir", f"runs/{task}-{args.method}-s{args.seed}")
     model_kwargs = {k: v for k, v in values.items() if k in _MODEL_FLAGS}
     preset = (
         MonteCLoRAConfig.bayes if model_kwargs.get("objective") == "bayes" else MonteCLoRAConfig
@@ -193,7 +217,8 @@ def _configs(args: argparse.Namespace) -> tuple[TrainConfig, MonteCLoRAConfig]:
 def _format_table(results: dict[str, dict]) -> str:
     """Both prediction modes of each named ``metrics.json``, one row per name and mode."""
     first = next(iter(results.values()))[runs.MODES[0]]
-    columns = TABLE_METRICS if "accuracy" in first else TOKEN_TABLE_METRICS
+    tables = (TABLE_METRICS, REGRESSION_TABLE_METRICS, TOKEN_TABLE_METRICS)
+    columns = next((c for c in tables if set(c) <= first.keys()), ("nll",))
     rows = [
         {"run": name, "mode": mode} | {m: metrics[mode][m] for m in columns}
         for name, metrics in results.items()

@@ -4,6 +4,8 @@ Depends on numpy only. Conventions: ``probs`` is an ``(n, C)`` array of class
 probabilities, ``draws`` an ``(S, n, C)`` array of per-draw class probabilities from
 ``S`` posterior draws, and ``labels`` an ``(n,)`` integer array with values in
 ``[0, C)``. Entropies use the natural logarithm. Invalid inputs raise ``ValueError``.
+The regression metrics (correlations, RMSE, and the NLL, quantiles and interval coverage of
+mixtures of Normals) live in :mod:`monteclora_pyro.regression_metrics` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -14,7 +16,24 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from monteclora_pyro.regression_metrics import (
+    COVERAGE_LEVELS,
+    INTERVAL_LEVEL,
+    average_ranks,
+    interval_coverage,
+    normal_mixture_cdf,
+    normal_mixture_log_density,
+    normal_mixture_quantile,
+    pearson,
+    regression_report,
+    rmse,
+    spearman,
+    variance_decomposition,
+)
+
 __all__ = [
+    "COVERAGE_LEVELS",
+    "INTERVAL_LEVEL",
     "ReliabilityBins",
     "UncertaintyDecomposition",
     "accuracy",
@@ -26,14 +45,21 @@ __all__ = [
     "ece",
     "expected_entropy",
     "f1_score",
+    "interval_coverage",
     "matthews_corrcoef",
     "mutual_information",
     "nll",
+    "normal_mixture_cdf",
+    "normal_mixture_log_density",
+    "normal_mixture_quantile",
     "pearson",
     "predictive_entropy",
+    "regression_report",
     "reliability_bins",
+    "rmse",
     "spearman",
     "uncertainty_decomposition",
+    "variance_decomposition",
 ]
 
 _SUM_TOL = 1e-4
@@ -297,40 +323,6 @@ def f1_score(pred: ArrayLike, labels: ArrayLike, positive: int = 1) -> float:
     return float(2 * tp / denom) if denom > 0 else 0.0
 
 
-def pearson(x: ArrayLike, y: ArrayLike) -> float:
-    """Pearson correlation coefficient; NaN if either input is constant."""
-    a = _as_float_vector(x, "x")
-    b = _as_float_vector(y, "y")
-    _check_same_length(a, b, "x", "y")
-    if np.ptp(a) == 0.0 or np.ptp(b) == 0.0:
-        return float("nan")
-    ac = a - a.mean()
-    bc = b - b.mean()
-    r = np.sum(ac * bc) / np.sqrt(np.sum(ac * ac) * np.sum(bc * bc))
-    return float(np.clip(r, -1.0, 1.0))
-
-
-def _average_ranks(x: NDArray[np.float64]) -> NDArray[np.float64]:
-    """1-based ranks with ties given their average rank, in O(n log n)."""
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    starts_group = np.concatenate([[True], xs[1:] != xs[:-1]])
-    group = np.cumsum(starts_group) - 1
-    starts = np.flatnonzero(starts_group)
-    ends = np.append(starts[1:], x.shape[0])
-    ranks = np.empty(x.shape[0])
-    ranks[order] = ((starts + 1 + ends) / 2.0)[group]
-    return ranks
-
-
-def spearman(x: ArrayLike, y: ArrayLike) -> float:
-    """Spearman rank correlation (Pearson on average ranks); NaN if an input is constant."""
-    a = _as_float_vector(x, "x")
-    b = _as_float_vector(y, "y")
-    _check_same_length(a, b, "x", "y")
-    return pearson(_average_ranks(a), _average_ranks(b))
-
-
 # --------------------------------------------------------------- uncertainty decomposition
 
 
@@ -420,7 +412,7 @@ def auroc(scores_in: ArrayLike, scores_out: ArrayLike) -> float:
     s_in = _as_float_vector(scores_in, "scores_in")
     s_out = _as_float_vector(scores_out, "scores_out")
     n_in, n_out = s_in.shape[0], s_out.shape[0]
-    ranks = _average_ranks(np.concatenate([s_in, s_out]))
+    ranks = average_ranks(np.concatenate([s_in, s_out]))
     u = ranks[n_in:].sum() - n_out * (n_out + 1) / 2.0
     return float(u / (n_in * n_out))
 

@@ -2,7 +2,8 @@
 
 A run directory holds ``config.json`` (training and MonteCLoRA configuration), ``metrics.json``,
 ``history.jsonl`` (one JSON record per training step and per evaluation), ``predictions.npz``
-(labels, plug-in and per-draw class probabilities), ``posterior_samples.npz`` and
+(labels, plug-in and per-draw class probabilities; for a regression task the plug-in and
+per-draw means and precisions of the Normal predictive), ``posterior_samples.npz`` and
 ``prior_samples.npz`` (draws of the hyperprior sites), ``checkpoint.pt``, the adapter files of
 :mod:`monteclora_pyro.io` (or PEFT's ``peft_adapter/``), and ``evaluations/{task}-{split}/``
 with the ``metrics.json`` and ``predictions.npz`` of later evaluations.
@@ -84,6 +85,71 @@ class Predictions:
             return cls(data["labels"], data["mean_probs"], data["draw_probs"])
 
 
+@dataclass
+class RegressionPredictions:
+    """Normal predictives on an evaluation set (a regression task).
+
+    Draw s predicts ``y_i ~ N(draw_mean[s, i], 1 / draw_precision[s, i])``, so the posterior
+    predictive of example i is the mixture ``(1/S) Σ_s N(draw_mean[s, i], 1/draw_precision[s, i])``.
+
+    Attributes
+    ----------
+    labels : np.ndarray
+        True scores, shape (n,).
+    mean_pred : np.ndarray
+        Plug-in mean at the posterior mean (A = μ), shape (n,).
+    mean_precision : np.ndarray
+        Plug-in precision (the guide's mean of the observation precision), shape (n,).
+    draw_mean, draw_precision : np.ndarray
+        Mean and precision of each of S posterior draws, shape (S, n). A method without a
+        posterior has one draw, equal to the plug-in prediction.
+    """
+
+    labels: np.ndarray
+    mean_pred: np.ndarray
+    mean_precision: np.ndarray
+    draw_mean: np.ndarray
+    draw_precision: np.ndarray
+
+    KEYS = ("labels", "mean_pred", "mean_precision", "draw_mean", "draw_precision")
+
+    @property
+    def num_draws(self) -> int:
+        """S, the number of draws."""
+        return self.draw_mean.shape[0]
+
+    def mode_params(self, mode: str) -> tuple[np.ndarray, np.ndarray]:
+        """Means and precisions, shape (S, n), of a prediction mode of :data:`MODES`.
+
+        The plug-in mode is one component (S = 1).
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is invalid: allowed values are {MODES}")
+        if mode == "posterior_mean":
+            return self.mean_pred[None], self.mean_precision[None]
+        return self.draw_mean, self.draw_precision
+
+    def save(self, path: str | Path) -> None:
+        """Write the arrays of :attr:`KEYS` to an ``.npz`` file."""
+        write_arrays(path, {key: getattr(self, key) for key in self.KEYS})
+
+    @classmethod
+    def load(cls, path: str | Path) -> RegressionPredictions:
+        """Read a file written by :meth:`save`."""
+        with np.load(path) as data:
+            return cls(*(data[key] for key in cls.KEYS))
+
+
+AnyPredictions = Predictions | RegressionPredictions
+
+
+def load_predictions(path: str | Path) -> AnyPredictions:
+    """Read a ``predictions.npz`` of either kind (regression files hold ``draw_mean``)."""
+    with np.load(path) as data:
+        regression = "draw_mean" in data.files
+    return (RegressionPredictions if regression else Predictions).load(path)
+
+
 def write_arrays(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
     """Write named arrays to an ``.npz`` file atomically."""
 
@@ -148,7 +214,7 @@ def read_metrics(directory: str | Path, missing_ok: bool = False) -> dict:
     return json.loads(path.read_text())
 
 
-def write_predictions(directory: str | Path, predictions: Predictions) -> None:
+def write_predictions(directory: str | Path, predictions: AnyPredictions) -> None:
     """Write ``predictions.npz`` into a run or evaluation directory."""
     predictions.save(Path(directory) / PREDICTIONS_FILE)
 
@@ -158,12 +224,12 @@ def has_predictions(directory: str | Path) -> bool:
     return (Path(directory) / PREDICTIONS_FILE).is_file()
 
 
-def read_predictions(directory: str | Path) -> Predictions:
-    """The ``predictions.npz`` of a run or evaluation directory."""
+def read_predictions(directory: str | Path) -> AnyPredictions:
+    """The ``predictions.npz`` of a run or evaluation directory (either kind)."""
     path = Path(directory) / PREDICTIONS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: has the run finished?")
-    return Predictions.load(path)
+    return load_predictions(path)
 
 
 def write_samples(run_dir: str | Path, group: str, arrays: dict[str, np.ndarray]) -> None:

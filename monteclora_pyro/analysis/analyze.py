@@ -3,8 +3,10 @@
 Runs of one method become the chains of one posterior: independent restarts, not MCMC chains
 (:data:`~monteclora_pyro.analysis.inference_data.RESTARTS_NOTE`). The held-out fit is the lppd
 of the evaluation split (:mod:`~monteclora_pyro.analysis.heldout`); PSIS-LOO is not reported,
-as the posterior never conditioned on those examples. Runs without class probabilities
-(next-token runs) and PEFT runs (no posterior) are refused before anything is written.
+as the posterior never conditioned on those examples. Regression runs are analysed from their
+Normal draws (:mod:`~monteclora_pyro.analysis.regression`; reliability becomes interval
+coverage). Next-token runs (no predictions), PEFT runs (no posterior) and a mix of regression
+and classification runs are refused before anything is written.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from monteclora_pyro.analysis.inference_data import (
     save_inference_data,
     to_inference_data,
 )
+from monteclora_pyro.analysis.regression import RegressionHeldOut
 from monteclora_pyro.analysis.report import write_report
 from monteclora_pyro.analysis.summary import summary_tables
 
@@ -51,9 +54,10 @@ class MethodAnalysis:
         The method of the runs.
     run_dirs : list of Path
         The runs, one chain (an independent restart) each.
-    heldout : HeldOut
-        Held-out lppd, mutual information and plug-in against predictive gaps on the
-        evaluation split, of the runs' draws pooled (of the run itself when there is one).
+    heldout : HeldOut or RegressionHeldOut
+        Held-out lppd, mutual information (regression: epistemic variance) and plug-in
+        against predictive gaps on the evaluation split, of the runs' draws pooled (of the
+        run itself when there is one).
     warnings : list of str
         Runs whose guide has not converged, with the figures of their last convergence
         record (:func:`~monteclora_pyro.analysis.convergence.convergence_warning`).
@@ -68,7 +72,7 @@ class MethodAnalysis:
 
     method: str
     run_dirs: list[Path]
-    heldout: HeldOut
+    heldout: HeldOut | RegressionHeldOut
     warnings: list[str]
     convergence: list[str]
     summary: object | None
@@ -164,6 +168,15 @@ def analyze_runs(run_dirs: list[str | Path], output_dir: str | Path | None = Non
     groups: dict[str, list[Path]] = {}
     for run_dir in run_dirs:
         groups.setdefault(check_analyzable(run_dir), []).append(run_dir)
+    regression = [
+        isinstance(runs.read_predictions(d), runs.RegressionPredictions) for d in run_dirs
+    ]
+    if any(regression) and not all(regression):
+        named = ", ".join(str(d) for d, r in zip(run_dirs, regression, strict=True) if r)
+        raise ValueError(
+            f"regression runs ({named}) and classification runs cannot share one analysis: "
+            "their metrics, held-out fit and reliability figures differ; analyse them apart"
+        )
     methods, posterior = [], None
     for method, dirs in groups.items():
         for run_dir in dirs:

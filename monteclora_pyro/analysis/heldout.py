@@ -3,7 +3,10 @@
 Everything here is computed on the run's evaluation split, examples the posterior never saw, so
 it is an honest estimate of the predictive fit; PSIS-LOO is not (docs/design.md §5). The
 per-draw class probabilities ``draw_probs`` (S, n, C) and the plug-in ``mean_probs`` (n, C)
-come from ``predictions.npz`` (:class:`monteclora_pyro.runs.Predictions`).
+come from ``predictions.npz`` (:class:`monteclora_pyro.runs.Predictions`). Regression runs
+(:class:`monteclora_pyro.runs.RegressionPredictions`) get the same diagnostics of their Normal
+draws from :mod:`monteclora_pyro.analysis.regression`; :func:`heldout` and
+:func:`pool_predictions` take either kind.
 """
 
 from __future__ import annotations
@@ -15,7 +18,12 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from monteclora_pyro import metrics
-from monteclora_pyro.runs import Predictions
+from monteclora_pyro.analysis.regression import (
+    RegressionHeldOut,
+    pool_regression_predictions,
+    regression_heldout,
+)
+from monteclora_pyro.runs import AnyPredictions, Predictions, RegressionPredictions
 
 __all__ = [
     "CLIP",
@@ -174,13 +182,17 @@ def _scores(probs: NDArray, labels: NDArray) -> dict[str, float]:
     }
 
 
-def heldout(predictions: Predictions, name: str = "", split: str = "") -> HeldOut:
+def heldout(
+    predictions: AnyPredictions, name: str = "", split: str = ""
+) -> HeldOut | RegressionHeldOut:
     """The held-out diagnostics of a run's predictions.
 
     Parameters
     ----------
-    predictions : monteclora_pyro.runs.Predictions
-        Labels, plug-in and per-draw probabilities on the evaluation split.
+    predictions : monteclora_pyro.runs.Predictions or RegressionPredictions
+        Labels, plug-in and per-draw probabilities on the evaluation split (of a regression
+        run: plug-in and per-draw Normals, giving a
+        :class:`~monteclora_pyro.analysis.regression.RegressionHeldOut`).
     name : str
         The run's name in tables.
     split : str
@@ -188,8 +200,10 @@ def heldout(predictions: Predictions, name: str = "", split: str = "") -> HeldOu
 
     Returns
     -------
-    HeldOut
+    HeldOut or RegressionHeldOut
     """
+    if isinstance(predictions, RegressionPredictions):
+        return regression_heldout(predictions, name, split)
     draws = np.asarray(predictions.draw_probs, dtype=np.float64)
     labels = np.asarray(predictions.labels, dtype=np.int64)
     mi, total, _ = mutual_information_share(draws)
@@ -205,7 +219,7 @@ def heldout(predictions: Predictions, name: str = "", split: str = "") -> HeldOu
     )
 
 
-def pool_predictions(predictions: Sequence[Predictions]) -> Predictions:
+def pool_predictions(predictions: Sequence[AnyPredictions]) -> AnyPredictions:
     """The predictions of restarts as one mixture: their draws pooled, plug-ins averaged.
 
     Parameters
@@ -219,6 +233,8 @@ def pool_predictions(predictions: Sequence[Predictions]) -> Predictions:
     """
     if not predictions:
         raise ValueError("no predictions to pool")
+    if any(isinstance(p, RegressionPredictions) for p in predictions):
+        return pool_regression_predictions(predictions)
     labels = predictions[0].labels
     for p in predictions[1:]:
         if not np.array_equal(p.labels, labels):

@@ -16,7 +16,7 @@ from monteclora_pyro.analysis import plots
 from monteclora_pyro.analysis.heldout import GAP_METRICS
 from monteclora_pyro.analysis.inference_data import RESTARTS_NOTE, prior_note
 from monteclora_pyro.analysis.run_data import RunData
-from monteclora_pyro.analysis.summary import METRIC_COLUMNS, METRIC_HEADERS
+from monteclora_pyro.analysis.summary import METRIC_COLUMNS, METRIC_HEADERS, REGRESSION_COLUMNS
 from monteclora_pyro.analysis.tables import format_value
 
 __all__ = ["render_page"]
@@ -34,7 +34,8 @@ figcaption { font-size: 0.85em; color: #555; }
 .note { color: #666; font-style: italic; }
 """
 
-_LOWER_IS_BETTER = {"nll", "ece", "brier"}
+_LOWER_IS_BETTER = {"nll", "ece", "brier", "rmse"}
+_NO_BEST = {"coverage_90", "width_90"}  # closest to the level is best, not lowest or highest
 _HELD_OUT_NOTE = (
     "On the evaluation split: examples the posterior never conditioned on. lppd = Σ_i log "
     "(1/S) Σ_s p(y_i | θ_s) in nats (higher is better; lppd/n = −NLL of the predictive). MI: "
@@ -43,6 +44,14 @@ _HELD_OUT_NOTE = (
     "positive NLL or ECE gap, or a negative accuracy gap, favours the predictive. PSIS-LOO is "
     "not reported: it estimates leave-one-out fit of training examples, and on held-out "
     "examples it only understates this lppd by about p_loo."
+)
+_REGRESSION_HELD_OUT_NOTE = (
+    "On the evaluation split: examples the posterior never conditioned on. lppd = Σ_i log "
+    "(1/S) Σ_s N(y_i | m_s, 1/τ_s) in nats (higher is better; lppd/n = −NLL of the "
+    "predictive). Epistemic var: mean variance of the draws' means; epistemic share: its part "
+    "of the mean predictive variance (0 when all draws agree). Gaps: plug-in (A = E[A], τ = "
+    "E[τ]) minus posterior predictive; a positive NLL or RMSE gap favours the predictive, and "
+    "a coverage gap says which of the two covers more. PSIS-LOO is not reported."
 )
 _CONVERGENCE_NOTE = (
     "Last convergence record of each run's history, over its final window of steps: ELBO "
@@ -128,15 +137,21 @@ def _posterior_table(idata: az.InferenceData) -> str:
     return caption + _table(rows, ["variable", *[str(c) for c in frame.columns]])
 
 
+def _metric_columns(rows: list[dict]) -> tuple[str, ...]:
+    """The metric columns of the rows: a regression run's, or classification's."""
+    return REGRESSION_COLUMNS if any("pearson" in r for r in rows) else METRIC_COLUMNS
+
+
 def _comparison_table(tables: dict) -> str:
     """Metrics (rows) against runs (columns), posterior predictive mode."""
     rows = [r for r in tables["metrics"] if r["mode"] == "posterior predictive"]
     runs = [r["run"] for r in rows]
     parts = []
-    for metric in METRIC_COLUMNS:
-        row = {r["run"]: r[metric] for r in rows}
+    for metric in _metric_columns(rows):
+        row = {r["run"]: r.get(metric, math.nan) for r in rows}
         values = [row[r] for r in runs if math.isfinite(row[r])]
         best = (min if metric in _LOWER_IS_BETTER else max)(values) if values else None
+        best = None if metric in _NO_BEST else best
         cells = "".join(
             f'<td class="{"best" if row[r] == best and len(values) > 1 else ""}">'
             f"{html.escape(format_value(row[r]))}</td>"
@@ -175,6 +190,22 @@ def render_page(
     str
     """
     esc = html.escape
+    columns = _metric_columns(tables["metrics"])
+    regression = columns == REGRESSION_COLUMNS
+    held_out = tables.get("held-out", [])
+    mean_note = (
+        "the Normal of each draw averaged into a mixture; its mean is the point prediction. "
+        "Coverage and width of central 90% predictive intervals"
+        if regression
+        else "class probabilities averaged over posterior draws. ECE with 15 uniform bins"
+    )
+    uncertainty_note = (
+        "mean predictive variance per example (label units²): total = aleatoric (expected "
+        "noise variance 1/τ) + epistemic (variance of the draws' means)."
+        if regression
+        else "mean entropy per example in nats: total (predictive entropy) = aleatoric "
+        "(expected entropy) + epistemic (mutual information)."
+    )
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -190,18 +221,19 @@ def render_page(
         ),
         "<h2>Metrics</h2>",
         '<p class="note">posterior mean: the noise switched off (A = μ); posterior predictive: '
-        "class probabilities averaged over posterior draws. ECE with 15 uniform bins.</p>",
+        f"{esc(mean_note)}.</p>",
         _table(
             tables["metrics"],
-            ["run", "method", "mode", *METRIC_COLUMNS],
+            ["run", "method", "mode", *columns],
             METRIC_HEADERS,
-            best=METRIC_COLUMNS if len(runs) > 1 else (),
+            best=[c for c in columns if c not in _NO_BEST] if len(runs) > 1 else (),
         ),
         "<h2>Held-out fit</h2>",
-        f'<p class="note">{esc(_HELD_OUT_NOTE)}</p>',
+        f'<p class="note">{esc(_REGRESSION_HELD_OUT_NOTE if regression else _HELD_OUT_NOTE)}</p>',
         _table(
-            tables.get("held-out", []),
-            ["run", "method", "split", "n", "S", "lppd", "lppd/n", "MI", "MI share"]
+            held_out,
+            list(dict.fromkeys(k for r in held_out for k in r))
+            or ["run", "method", "split", "n", "S", "lppd", "lppd/n", "MI", "MI share"]
             + [f"{m} gap" for m in GAP_METRICS],
         ),
         "<h2>Convergence</h2>",
@@ -220,9 +252,7 @@ def render_page(
         '<p class="note">area under the accuracy–coverage curve of the top-class probability.</p>',
         _table(tables["selective"], ["run", "method", "mode", "area"]),
         "<h2>Domain shift</h2>",
-        _table(
-            tables["shifted"], ["run", "method", "split", "mode", *METRIC_COLUMNS], METRIC_HEADERS
-        ),
+        _table(tables["shifted"], ["run", "method", "split", "mode", *columns], METRIC_HEADERS),
         "<h2>Out-of-distribution detection (AUROC)</h2>",
         '<p class="note">in-domain evaluation split against each '
         "<code>evaluations/{domain}-test</code>; a higher score means more out-of-distribution; "
@@ -233,8 +263,7 @@ def render_page(
             {"auroc": "AUROC"},
         ),
         "<h2>Uncertainty decomposition</h2>",
-        '<p class="note">mean entropy per example in nats: total (predictive entropy) = '
-        "aleatoric (expected entropy) + epistemic (mutual information).</p>",
+        f'<p class="note">{esc(uncertainty_note)}</p>',
         _table(
             tables["uncertainty"], ["run", "method", "split", "total", "aleatoric", "epistemic"]
         ),

@@ -5,7 +5,9 @@ independent runs (restarts with different seeds) of the same configuration, not 
 (:data:`RESTARTS_NOTE`). The ``log_likelihood`` group holds the log-likelihoods of the
 *held-out* evaluation examples (group attributes ``split`` and ``held_out = 1``): the data for
 the held-out lppd (:mod:`monteclora_pyro.analysis.heldout`), not for PSIS-LOO, which needs
-training-set log-likelihoods (docs/design.md §5).
+training-set log-likelihoods (docs/design.md §5). For a regression run ``y`` is the real score:
+its log-likelihood is ``log N(y | m_s, 1/τ_s)`` of each draw s, and its posterior predictive one
+draw from that Normal (:func:`monteclora_pyro.analysis.regression.normal_groups`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import xarray as xr
 
 from monteclora_pyro import runs
 from monteclora_pyro.analysis.prior_note import cooperative_tilt, num_layers, tilt_note
+from monteclora_pyro.analysis.regression import normal_groups
 from monteclora_pyro.sites import HYPERPRIOR_KINDS, TERMS, split_site_name
 
 __all__ = [
@@ -73,7 +76,7 @@ def _read_run(run_dir: Path) -> dict:
         "config": config,
         "metrics": runs.read_metrics(run_dir, missing_ok=True),
         "labels": predictions.labels,
-        "draw_probs": predictions.draw_probs,
+        "predictions": predictions,
         "posterior": runs.read_samples(run_dir, "posterior"),
         "prior": runs.read_samples(run_dir, "prior"),
         "history": runs.history_arrays(run_dir),
@@ -127,19 +130,17 @@ def to_inference_data(run_dirs: str | Path | list, seed: int = 0) -> az.Inferenc
     for run in loaded[1:]:
         if not np.array_equal(run["labels"], labels):
             raise ValueError(f"{run['dir']} was evaluated on other examples than {run_dirs[0]}")
-    draw_probs = _stack([r["draw_probs"] for r in loaded], "predictions", run_dirs)
-    chains, draws, examples, _ = draw_probs.shape
+    if len({type(r["predictions"]) for r in loaded}) > 1:
+        raise ValueError("runs mix regression and classification predictions")
     rng = np.random.default_rng(seed)
-    cumulative = draw_probs.cumsum(-1)
-    uniform = rng.random((chains, draws, examples, 1))
-    y_rep = np.minimum((uniform > cumulative).sum(-1), draw_probs.shape[-1] - 1)
-    picked = np.take_along_axis(draw_probs, labels[None, None, :, None], -1)[..., 0]
-    log_lik = np.log(np.clip(picked, np.finfo(float).tiny, None))
-    groups = {
-        "posterior_predictive": {"y": y_rep},
-        "log_likelihood": {"y": log_lik},
-        "observed_data": {"y": labels},
-    }
+    if isinstance(loaded[0]["predictions"], runs.RegressionPredictions):
+        predictions = [r["predictions"] for r in loaded]
+        means = _stack([p.draw_mean for p in predictions], "predictions", run_dirs)
+        precisions = _stack([p.draw_precision for p in predictions], "predictions", run_dirs)
+        groups = normal_groups(means, precisions, labels, rng)
+        examples = means.shape[-1]
+    else:
+        groups, examples = _class_groups(loaded, labels, run_dirs, rng)
     dims = {"y": ["example"]}
     if all(r["posterior"] is not None for r in loaded):
         names = list(loaded[0]["posterior"])
@@ -172,6 +173,25 @@ def to_inference_data(run_dirs: str | Path | list, seed: int = 0) -> az.Inferenc
             )
     idata.add_groups({TRAINING_GROUP: _training_dataset(loaded)}, warn_on_custom_groups=False)
     return idata
+
+
+def _class_groups(
+    loaded: list[dict], labels: np.ndarray, run_dirs: list[Path], rng: np.random.Generator
+) -> tuple[dict, int]:
+    """The predictive groups of class probabilities, and the number of examples."""
+    draw_probs = _stack([r["predictions"].draw_probs for r in loaded], "predictions", run_dirs)
+    chains, draws, examples, _ = draw_probs.shape
+    cumulative = draw_probs.cumsum(-1)
+    uniform = rng.random((chains, draws, examples, 1))
+    y_rep = np.minimum((uniform > cumulative).sum(-1), draw_probs.shape[-1] - 1)
+    picked = np.take_along_axis(draw_probs, labels[None, None, :, None], -1)[..., 0]
+    log_lik = np.log(np.clip(picked, np.finfo(float).tiny, None))
+    groups = {
+        "posterior_predictive": {"y": y_rep},
+        "log_likelihood": {"y": log_lik},
+        "observed_data": {"y": labels},
+    }
+    return groups, examples
 
 
 def _training_dataset(loaded: list[dict]) -> xr.Dataset:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from monteclora_pyro.sites import split_site_name
+from monteclora_pyro.sites import is_likelihood_site, split_site_name
 
 __all__ = ["TILTED_KINDS", "cooperative_tilt", "num_layers", "tilt_note"]
 
@@ -20,8 +20,10 @@ TILTED_KINDS = ("weights", "concentration")
 
 
 def num_layers(site_names) -> int:
-    """L, the number of distinct adapted layers among latent site names."""
-    return len({split_site_name(str(name))[0] for name in site_names})
+    """L, the number of distinct adapted layers among latent site names (the likelihood's own
+    sites, ``"y.{kind}"``, are not layers)."""
+    names = [str(name) for name in site_names]
+    return len({split_site_name(name)[0] for name in names if not is_likelihood_site(name)})
 
 
 def cooperative_tilt(config: dict, metrics: dict, layers: int) -> dict | None:

@@ -3,7 +3,8 @@
 Reads the runs (:mod:`monteclora_pyro.analysis.run_data`), writes every applicable figure of
 :mod:`monteclora_pyro.analysis.plots` as PNG and one ``report.html`` with the PNGs embedded.
 Posterior figures need an :class:`arviz.InferenceData` (from ``to_inference_data``); without
-one they are left out. Never imports training code.
+one they are left out. Never imports training code. A regression run's reliability figure is its
+interval coverage (:func:`~monteclora_pyro.analysis.plots.plot_interval_coverage`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,42 @@ def _curve_sets(run: RunData, with_label: bool) -> dict[str, tuple[np.ndarray, n
         f"{prefix}: {mode}" if prefix else mode: (p.mode_probs(key), p.labels)
         for key, mode in MODE_NAMES.items()
     }
+
+
+def _coverage_sets(run: RunData, with_label: bool) -> dict[str, tuple]:
+    """Prediction modes of a regression run, ``{name: (means, precisions, labels)}``."""
+    p = run.predictions
+    prefix = f"{run.label} ({run.method})" if with_label else ""
+    if run.single_draw:
+        name = prefix or ("LoRA" if run.method == "lora" else "posterior mean")
+        return {name: (*p.mode_params("posterior_mean"), p.labels)}
+    return {
+        f"{prefix}: {mode}" if prefix else mode: (*p.mode_params(key), p.labels)
+        for key, mode in MODE_NAMES.items()
+    }
+
+
+def _regression_run_figures(figs: _Figures, run: RunData, section: str, reliability: bool):
+    slug = _slug(run.label)
+    if reliability:
+        figs.add(
+            section,
+            f"{slug}_interval_coverage",
+            "interval coverage",
+            lambda: plots.plot_interval_coverage(_coverage_sets(run, with_label=False)),
+        )
+    if run.shifted:
+        p = run.predictions
+        curves = {"in-domain": (p.draw_mean, p.draw_precision, p.labels)}
+        curves |= {
+            name: (s.draw_mean, s.draw_precision, s.labels) for name, s in run.shifted.items()
+        }
+        figs.add(
+            section,
+            f"{slug}_interval_coverage_shifted",
+            "interval coverage under domain shift (posterior predictive)",
+            lambda: plots.plot_interval_coverage(curves),
+        )
 
 
 class _Figures:
@@ -114,6 +151,9 @@ def _run_figures(figs: _Figures, run: RunData, reliability: bool) -> None:
     p = run.predictions
     if p is None:
         return
+    if run.regression:
+        _regression_run_figures(figs, run, section, reliability)
+        return
     if reliability:
         figs.add(
             section,
@@ -143,10 +183,21 @@ def _run_figures(figs: _Figures, run: RunData, reliability: bool) -> None:
 
 
 def _comparison_figures(figs: _Figures, runs: list[RunData]) -> None:
-    with_predictions = [r for r in runs if r.predictions is not None]
+    many = len(runs) > 1
+    regression = [r for r in runs if r.predictions is not None and r.regression]
+    if regression:
+        intervals: dict = {}
+        for run in regression:
+            intervals |= _coverage_sets(run, with_label=many)
+        figs.add(
+            "comparison",
+            "comparison_interval_coverage",
+            "interval coverage",
+            lambda: plots.plot_interval_coverage(intervals),
+        )
+    with_predictions = [r for r in runs if r.predictions is not None and not r.regression]
     if not with_predictions:
         return
-    many = len(runs) > 1
     curves: dict = {}
     for run in with_predictions:
         curves |= _curve_sets(run, with_label=many)

@@ -28,9 +28,10 @@ class RunData:
         ``config.json`` (``{}`` if missing).
     metrics : dict
         ``metrics.json`` of the run's own evaluation (``{}`` if missing).
-    predictions : runs.Predictions or None
-        Predictions on the run's own evaluation split.
-    shifted : dict of str to runs.Predictions
+    predictions : runs.Predictions, runs.RegressionPredictions or None
+        Predictions on the run's own evaluation split (class probabilities, or the Normal
+        draws of a regression run).
+    shifted : dict of str to runs.Predictions or runs.RegressionPredictions
         Predictions of later evaluations, by name ``{task}-{split}``.
     shifted_metrics : dict of str to dict
         The ``metrics.json`` of each later evaluation, by the same names.
@@ -44,8 +45,8 @@ class RunData:
     label: str
     config: dict
     metrics: dict
-    predictions: runs.Predictions | None
-    shifted: dict[str, runs.Predictions]
+    predictions: runs.AnyPredictions | None
+    shifted: dict[str, runs.AnyPredictions]
     shifted_metrics: dict[str, dict]
     history: dict[str, np.ndarray]
     convergence: dict | None = None
@@ -65,6 +66,11 @@ class RunData:
         return str(value or "unknown")
 
     @property
+    def regression(self) -> bool:
+        """Whether the run's predictions are Normal draws (a regression task)."""
+        return isinstance(self.predictions, runs.RegressionPredictions)
+
+    @property
     def single_draw(self) -> bool:
         """Whether there is no posterior predictive beyond the mean (LoRA, or S = 1)."""
         return self.method == "lora" or (
@@ -72,10 +78,13 @@ class RunData:
         )
 
 
-def _read_predictions(directory: Path) -> runs.Predictions | None:
+def _read_predictions(directory: Path) -> runs.AnyPredictions | None:
     if not runs.has_predictions(directory):
         return None
     p = runs.read_predictions(directory)
+    if isinstance(p, runs.RegressionPredictions):
+        arrays = (np.asarray(getattr(p, key), dtype=np.float64) for key in p.KEYS)
+        return runs.RegressionPredictions(*arrays)
     return runs.Predictions(
         p.labels.astype(np.int64),
         p.mean_probs.astype(np.float64),

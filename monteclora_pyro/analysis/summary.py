@@ -1,4 +1,9 @@
-"""The summary tables of finished runs: metrics, domain shift, OOD detection, uncertainty."""
+"""The summary tables of finished runs: metrics, domain shift, OOD detection, uncertainty.
+
+Regression runs fill the same tables with their own columns (:data:`REGRESSION_COLUMNS`), their
+held-out row (:class:`~monteclora_pyro.analysis.regression.RegressionHeldOut`) and a variance
+decomposition; selective prediction and OOD detection need class probabilities and skip them.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,18 @@ import numpy as np
 from monteclora_pyro import metrics
 from monteclora_pyro.analysis.convergence import convergence_row
 from monteclora_pyro.analysis.heldout import heldout
+from monteclora_pyro.analysis.regression import REGRESSION_COLUMNS, uncertainty_row
 from monteclora_pyro.analysis.run_data import RunData, read_runs_data
 from monteclora_pyro.analysis.tables import format_table
 from monteclora_pyro.domains import SHIFT_DOMAINS
-from monteclora_pyro.runs import MODES, Predictions
+from monteclora_pyro.runs import MODES, AnyPredictions, Predictions, RegressionPredictions
 
 __all__ = [
     "METRIC_COLUMNS",
     "METRIC_HEADERS",
     "MODE_NAMES",
     "OOD_SCORES",
+    "REGRESSION_COLUMNS",
     "format_summary",
     "ood_scores",
     "summary_tables",
@@ -26,7 +33,17 @@ __all__ = [
 
 MODE_NAMES = dict(zip(MODES, ("posterior mean", "posterior predictive"), strict=True))
 METRIC_COLUMNS = ("accuracy", "nll", "ece", "brier")
-METRIC_HEADERS = {"accuracy": "accuracy", "nll": "NLL", "ece": "ECE", "brier": "Brier"}
+METRIC_HEADERS = {
+    "accuracy": "accuracy",
+    "nll": "NLL",
+    "ece": "ECE",
+    "brier": "Brier",
+    "pearson": "Pearson",
+    "spearman": "Spearman",
+    "rmse": "RMSE",
+    "coverage_90": "90% coverage",
+    "width_90": "90% width",
+}
 OOD_SCORES = ("predictive entropy", "mutual information", "1 - max prob")
 
 
@@ -49,14 +66,22 @@ def _ood_domains(run: RunData, domains: Sequence[str]) -> list[tuple[str, Predic
     return found
 
 
-def _mode_values(predictions: Predictions | None, mode: str, saved: dict) -> dict:
-    """Accuracy, NLL, ECE and Brier of a mode: saved in metrics.json, else computed."""
+def _mode_values(predictions: AnyPredictions | None, mode: str, saved: dict) -> dict:
+    """Accuracy, NLL, ECE and Brier of a mode (regression: :data:`REGRESSION_COLUMNS`): saved
+    in metrics.json, else computed."""
     block = saved.get(mode)
-    if not (isinstance(block, dict) and all(k in block for k in METRIC_COLUMNS)):
+    regression = isinstance(predictions, RegressionPredictions) or (
+        predictions is None and isinstance(block, dict) and "pearson" in block
+    )
+    columns = REGRESSION_COLUMNS if regression else METRIC_COLUMNS
+    if not (isinstance(block, dict) and all(k in block for k in columns)):
         if predictions is None:
             return {}
-        block = metrics.classification_report(predictions.mode_probs(mode), predictions.labels)
-    return {k: float(block[k]) for k in METRIC_COLUMNS}
+        if regression:
+            block = metrics.regression_report(*predictions.mode_params(mode), predictions.labels)
+        else:
+            block = metrics.classification_report(predictions.mode_probs(mode), predictions.labels)
+    return {k: float(block[k]) for k in columns}
 
 
 def _run_row(run: RunData) -> dict:
@@ -89,11 +114,13 @@ def summary_tables(run_dirs, ood_domains: Sequence[str] = SHIFT_DOMAINS) -> dict
     dict
         ``"runs"`` (run, method, task, split, num_examples, num_samples, steps, path),
         ``"metrics"`` (run, method, mode, accuracy, nll, ece, brier; both prediction
-        modes), ``"shifted"`` (the same per ``evaluations/*`` split), ``"ood"`` (run,
+        modes; regression runs: :data:`REGRESSION_COLUMNS` instead of the four),
+        ``"shifted"`` (the same per ``evaluations/*`` split), ``"ood"`` (run,
         domain, score, auroc, n_in, n_out: AUROC of predictive entropy, mutual
         information and 1 - max probability, in-domain against each domain),
         ``"uncertainty"`` (run, split, mean total, aleatoric and epistemic entropy of the
-        posterior predictive, in nats) and ``"selective"`` (run, mode, area under the
+        posterior predictive, in nats; regression runs: the mean predictive variance and its
+        parts, with ``unit = "variance"``) and ``"selective"`` (run, mode, area under the
         accuracy-coverage curve of the top-class probability), ``"held-out"`` (run, method,
         split, n, S, lppd, lppd/n, MI, MI share, and the plug-in minus predictive gaps of NLL,
         accuracy and ECE: :meth:`monteclora_pyro.analysis.heldout.HeldOut.row`) and
@@ -121,6 +148,10 @@ def summary_tables(run_dirs, ood_domains: Sequence[str] = SHIFT_DOMAINS) -> dict
         split = run.metrics.get("split") or run.config.get("train", {}).get("eval_split", "")
         row = heldout(ev, run.label, str(split)).row()
         tables["held-out"].append({"run": row.pop("run"), "method": run.method} | row)
+        if isinstance(ev, RegressionPredictions):
+            for name, source in [("in-domain", ev), *run.shifted.items()]:
+                tables["uncertainty"].append(who | {"split": name} | uncertainty_row(source))
+            continue
         for split, source in [("in-domain", ev), *run.shifted.items()]:
             decomposition = metrics.uncertainty_decomposition(source.draw_probs)
             tables["uncertainty"].append(

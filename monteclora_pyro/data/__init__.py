@@ -18,7 +18,8 @@ the columns of its splits (:class:`datasets.Dataset` objects) and how they becom
 
 Modules: :mod:`~monteclora_pyro.data.spec` (the shared types), :mod:`~.registry` (the tasks),
 :mod:`~.text` and :mod:`~.prompts` (the formats), :mod:`~.formats` (formats by name,
-tokenising and batching), :mod:`~.local`, :mod:`~.vader` and :mod:`~.sources` (loading).
+tokenising and batching), :mod:`~.local`, :mod:`~.vader`, :mod:`~.saved` (directories
+written by ``save_to_disk``) and :mod:`~.sources` (loading).
 """
 
 from monteclora_pyro.data.formats import (
@@ -49,7 +50,13 @@ from monteclora_pyro.data.prompts import (
     token_collator,
 )
 from monteclora_pyro.data.registry import DEFAULT_TASK, TASKS, get_task_spec, register_task
-from monteclora_pyro.data.sources import load_task, take_first
+from monteclora_pyro.data.saved import is_saved_dataset, load_saved_task
+from monteclora_pyro.data.sources import (
+    find_saved_dataset,
+    load_task,
+    resolve_task_spec,
+    take_first,
+)
 from monteclora_pyro.data.spec import (
     Collator,
     DataError,
@@ -99,9 +106,12 @@ __all__ = [
     "encode_pair",
     "expected_layout",
     "fetch_vader_archive",
+    "find_saved_dataset",
     "fit_length",
     "get_task_spec",
+    "is_saved_dataset",
     "load_prompt_splits",
+    "load_saved_task",
     "load_task",
     "load_vader_splits",
     "make_collator",
@@ -111,6 +121,7 @@ __all__ = [
     "prompt_format",
     "read_vader_member",
     "register_task",
+    "resolve_task_spec",
     "split_by_fractions",
     "take_first",
     "token_collator",

@@ -183,6 +183,7 @@ TASKS: dict[str, TaskSpec] = {
             label_names=(),
             metrics=("pearson", "spearman"),
             is_regression=True,
+            likelihood="regression",
             hub_id=("glue", "stsb"),
             score_range=(0.0, 5.0),
             layout=LocalLayout(

@@ -49,6 +49,9 @@ def ensemble_runs(run_dirs: list[str | Path], output_dir: str | Path) -> dict:
         values = {m[key] for m in members}
         if len(values) > 1:
             raise ValueError(f"the runs differ in {key}: {sorted(values)}")
+    for d, p in zip(dirs, predictions, strict=True):
+        if not isinstance(p, Predictions):
+            raise ValueError(f"{d} holds no class probabilities: ensembles average classifiers")
     for d, p in zip(dirs[1:], predictions[1:], strict=True):
         if not np.array_equal(p.labels, predictions[0].labels):
             raise ValueError(f"{d} was evaluated on other examples than {dirs[0]}")

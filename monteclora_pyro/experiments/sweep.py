@@ -234,8 +234,7 @@ def _refuse_next_token(task: str, run_dir: Path | None = None) -> None:
         raise ValueError(
             f"{where} the {kind} task {spec.name}: a sweep summarises accuracy, NLL and ECE "
             f"of class probabilities, which {kind} runs do not have; train {kind} runs "
-            "one by one with `monteclora train` and compare the nll and perplexity of their "
-            f"{runs.METRICS_FILE}"
+            f"one by one with `monteclora train` and compare their {runs.METRICS_FILE}"
         )
 
 

@@ -1,4 +1,8 @@
-"""Plain LoRA behind the guide interface: every latent site pinned, A = μ exactly."""
+"""Plain LoRA behind the guide interface: every latent site of the adapters pinned, A = μ exactly.
+
+The likelihood's own latent sites (e.g. the observation precision of a regression) are point
+estimates instead: maximum likelihood, at no KL (see :class:`LoRAGuide`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from torch import nn
-from torch.distributions import register_kl
+from torch.distributions import biject_to, register_kl
 
 from monteclora_pyro.guides.monteclora import latent_sites
 from monteclora_pyro.models.model import MonteCLoRAModel
@@ -42,11 +46,19 @@ def _pinned_value(site: dict) -> torch.Tensor:
 class LoRAGuide(nn.Module):
     """Deterministic LoRA as a guide: no noise and no KL terms.
 
-    Each latent site is a point mass: the noise at zero (so A = μ), the weights uniform, the
-    covariance and concentration at their prior means. Each point mass carries the model's
-    log density at its value, so the latent sites add exactly nothing to the ELBO, and with
-    uniform weights the cooperative penalty is zero: the loss is the scaled negative
-    log-likelihood of plain LoRA. Learnable parameters are the model's alone.
+    Each latent site of the adapters is a point mass: the noise at zero (so A = μ), the
+    weights uniform, the covariance and concentration at their prior means. Each point mass
+    carries the model's log density at its value, so the latent sites add exactly nothing to
+    the ELBO, and with uniform weights the cooperative penalty is zero: the loss is the scaled
+    negative log-likelihood of plain LoRA.
+
+    The likelihood's own latent sites (``"y.{kind}"``) are learnable point masses, starting
+    at the prior mean and carrying the prior's log density at their current value, so they
+    too add exactly nothing (value and gradient) and are fitted by maximum likelihood: plain
+    LoRA regression learns its noise precision as an ordinary Gaussian-likelihood fit does.
+    (Pinning it at the prior mean would make the NLL and interval coverage of LoRA measure
+    the prior rather than the fit.) These are LoRA's only learnable parameters besides the
+    model's, and they are the plug-in values of the prediction.
 
     Parameters
     ----------
@@ -69,6 +81,15 @@ class LoRAGuide(nn.Module):
         with torch.no_grad(), poutine.block():
             trace = poutine.trace(poutine.condition(model.sample_latents, data=pinned)).get_trace()
         self._sites: list[tuple[str, int]] = []
+        self.points = nn.ParameterDict()
+        self._points: dict[str, tuple[str, object, int]] = {}
+        for name in model.likelihood_sites:
+            prior = sites.pop(name)["fn"]
+            key = name.replace(".", "__")
+            transform = biject_to(prior.support)
+            self.points[key] = nn.Parameter(transform.inv(prior.mean.detach().clone()))
+            self._points[name] = (key, transform, prior.event_dim)
+        model.set_plug_in_source(self)
         for name, site in sites.items():
             key = name.replace(".", "__")
             log_density = trace.nodes[name]["fn"].log_prob(pinned[name])
@@ -77,8 +98,15 @@ class LoRAGuide(nn.Module):
             self._sites.append((name, site["fn"].event_dim))
 
     def named_variational_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """None: LoRA has no variational parameters."""
-        return iter(())
+        """The point estimates of the likelihood's sites, unconstrained (none otherwise)."""
+        for name, (key, _, _) in self._points.items():
+            yield f"{name}.value_unconstrained", self.points[key]
+
+    def plug_in_latents(self) -> dict[str, torch.Tensor]:
+        """The point estimates of the likelihood's latent sites."""
+        return {
+            name: transform(self.points[key]) for name, (key, transform, _) in self._points.items()
+        }
 
     @property
     def model(self) -> MonteCLoRAModel:
@@ -94,6 +122,14 @@ class LoRAGuide(nn.Module):
                     getattr(self, f"{key}__value"),
                     log_density=getattr(self, f"{key}__log_density"),
                     event_dim=event_dim,
+                )
+                samples[name] = pyro.sample(name, point)
+            priors = self.model.likelihood_priors()
+            for name, value in self.plug_in_latents().items():
+                point = PinnedDelta(
+                    value,
+                    log_density=priors[name].log_prob(value),
+                    event_dim=self._points[name][2],
                 )
                 samples[name] = pyro.sample(name, point)
         return samples

@@ -45,6 +45,11 @@ class MonteCLoRAGuide(nn.Module):
     N(μ_j, σ²‖π‖²Σ) given Σ and π (σ learned, initialised at ε), a Wishart over the precision
     Λ joins, and the Wishart degrees of freedom are learned (docs/design.md §9).
 
+    The likelihood's own latent sites (``"y.{kind}"``, e.g. the observation precision of a
+    regression) get the family and the parameters the likelihood names
+    (:meth:`~monteclora_pyro.models.likelihood.Likelihood.guide_parameters`), initialised at
+    its prior, under the same latent scale; their guide means are the model's plug-in values.
+
     Parameters
     ----------
     model : MonteCLoRAModel
@@ -61,10 +66,17 @@ class MonteCLoRAGuide(nn.Module):
         self.unconstrained = nn.ParameterDict()
         self._params: dict[str, tuple[str, constraints.Constraint]] = {}
         self._layers: list[tuple[str, int]] = []
+        self._likelihood_params: dict[str, list[str]] = {}
         sites = dict(latent_sites(model))
         for path, layer in model.adapters.items():
             self._layers.append((path, layer.in_features))
             self._init_layer(path, sites)
+        for name in model.likelihood_sites:
+            params = model.likelihood.guide_parameters(name, sites[name]["fn"])
+            for param, (value, constraint) in params.items():
+                self._add(name, param, value, constraint)
+            self._likelihood_params[name] = list(params)
+        model.set_plug_in_source(self)
 
     @property
     def model(self) -> MonteCLoRAModel:
@@ -133,8 +145,12 @@ class MonteCLoRAGuide(nn.Module):
     def site_distribution(self, name: str) -> dist.Distribution:
         """The guide distribution of a site that depends on no other latent site.
 
-        Every kind but ``noise`` (given Σ) and ``A`` (given Σ and π).
+        Every kind but ``noise`` (given Σ) and ``A`` (given Σ and π); the likelihood's sites
+        in the family it names.
         """
+        if name in self._likelihood_params:
+            params = {p: self.constrained(f"{name}.{p}") for p in self._likelihood_params[name]}
+            return self.model.likelihood.guide_distribution(name, params)
         _, site = split_site_name(name)
         if site == "precision":
             df = self._df(name, self.config.precision_prior_df)
@@ -201,4 +217,10 @@ class MonteCLoRAGuide(nn.Module):
                     else:
                         fn = self.site_distribution(name)
                     samples[name] = pyro.sample(name, fn)
+            for name in self._likelihood_params:
+                samples[name] = pyro.sample(name, self.site_distribution(name))
         return samples
+
+    def plug_in_latents(self) -> dict[str, torch.Tensor]:
+        """The guide's mean of each of the likelihood's latent sites (the plug-in values)."""
+        return {name: self.site_distribution(name).mean for name in self._likelihood_params}

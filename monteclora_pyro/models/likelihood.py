@@ -14,35 +14,49 @@ directory). The kinds:
 - ``"next_token"``: a causal language model; one example is one (prompt + response) sequence and
   ``y`` is its response tokens, each a Categorical over the vocabulary, with prompt and padding
   masked out (``labels == -100``). Evaluation reports per-token NLL and perplexity.
+- ``"regression"``: a sequence classifier with one output (``num_labels=1``); ``y`` is a real
+  score, ``y ~ Normal(f(x), 1/√τ)`` with a learned observation precision τ under a Gamma prior
+  (the latent site ``"y.obs_precision"``). Evaluation reports Pearson, Spearman, RMSE, NLL and
+  the coverage of central predictive intervals.
 
-New likelihoods are one subclass of :class:`Likelihood` added to :data:`LIKELIHOODS`.
+A likelihood may have latent sites of its own (:meth:`Likelihood.latent_priors`, named
+``"y.{kind}"``): the model samples them with the adapters' sites, under the same latent scale,
+the guides learn them in the family the likelihood names (:meth:`Likelihood.guide_parameters`,
+:meth:`Likelihood.guide_distribution`), and a draw of them is part of each posterior draw.
+
+New likelihoods are one subclass of :class:`Likelihood` added to :data:`LIKELIHOODS`; what their
+evaluations collect lives in :mod:`monteclora_pyro.models.evaluations`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
 from torch import nn
 
-from monteclora_pyro.metrics import classification_report
 from monteclora_pyro.models.causal import (
     IGNORE_INDEX,
     answer_log_likelihood,
     check_choice_inputs,
     check_token_labels,
-    response_log_probs,
     shifted_targets,
 )
+from monteclora_pyro.models.evaluations import (
+    ClassEvaluation,
+    NormalAccumulator,
+    ProbabilityAccumulator,
+    RegressionEvaluation,
+    TokenAccumulator,
+    TokenEvaluation,
+)
 from monteclora_pyro.models.layer import default_modules_to_save
-from monteclora_pyro.runs import MODES, Predictions, write_predictions
-from monteclora_pyro.sites import DATA_PLATE, OBSERVED_SITE
+from monteclora_pyro.sites import DATA_PLATE, OBSERVED_SITE, likelihood_site_name
 
 __all__ = [
     "IGNORE_INDEX",
@@ -52,14 +66,17 @@ __all__ = [
     "Likelihood",
     "MultipleChoice",
     "NextToken",
+    "Regression",
+    "RegressionEvaluation",
     "TokenEvaluation",
     "get_likelihood",
     "is_causal_lm",
     "resolve_likelihood",
 ]
 
-REPORT_METRICS = ("mcc", "f1")
 Backbone = Callable[..., torch.Tensor]
+Accumulator = ProbabilityAccumulator | TokenAccumulator | NormalAccumulator
+GuideParameters = dict[str, tuple[torch.Tensor, constraints.Constraint]]
 
 
 def is_causal_lm(model: nn.Module) -> bool:
@@ -124,8 +141,29 @@ class Likelihood:
         """Modules trained with the adapters when ``modules_to_save`` is not set."""
         return []
 
-    def scores(self, backbone: Backbone, inputs: dict) -> torch.Tensor:
-        """What :meth:`MonteCLoRAModel.logits` returns, from ``backbone(**inputs)`` logits."""
+    def latent_priors(self, device: torch.device, dtype: torch.dtype) -> dict:
+        """The prior of each latent site of the likelihood, by site name (``"y.{kind}"``).
+
+        None by default. The model samples them after the adapters' sites, under the same
+        latent scale; :meth:`scores` receives a value of each.
+        """
+        return {}
+
+    def guide_parameters(self, name: str, prior: dist.Distribution) -> GuideParameters:
+        """The guide's learnable parameters of the latent site ``name``: initial value and
+        constraint of each, by parameter name (the guide stores them unconstrained)."""
+        raise NotImplementedError(f"likelihood {self.name!r} has no latent site {name!r}")
+
+    def guide_distribution(self, name: str, params: dict[str, torch.Tensor]) -> dist.Distribution:
+        """The guide's distribution of the latent site ``name`` given its constrained
+        :meth:`guide_parameters`."""
+        raise NotImplementedError(f"likelihood {self.name!r} has no latent site {name!r}")
+
+    def scores(
+        self, backbone: Backbone, inputs: dict, latents: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """What :meth:`MonteCLoRAModel.logits` returns, from ``backbone(**inputs)`` logits and
+        a value of each of the likelihood's latent sites (``latents``)."""
         return backbone(**inputs)
 
     def check_labels(self, labels: torch.Tensor, inputs: dict, num_labels: int | None) -> None:
@@ -143,7 +181,7 @@ class Likelihood:
         _check_finite(scores)
         _observe(scores, dist.Categorical(logits=scores), labels, num_data)
 
-    def evaluation(self) -> ProbabilityAccumulator | TokenAccumulator:
+    def evaluation(self) -> Accumulator:
         """A fresh accumulator for one evaluation pass."""
         return ProbabilityAccumulator()
 
@@ -159,8 +197,9 @@ class Classification(Likelihood):
         num_labels = getattr(getattr(hf_model, "config", None), "num_labels", None)
         if not isinstance(num_labels, int) or num_labels < 2:
             raise ValueError(
-                f"the model has num_labels={num_labels!r}: MonteCLoRAModel needs a classifier "
-                "with num_labels >= 2 (regression heads are not supported)"
+                f"the model has num_labels={num_labels!r}: likelihood='classification' needs a "
+                "classifier with num_labels >= 2 (a regression head with num_labels=1 takes "
+                "likelihood='regression')"
             )
         return num_labels
 
@@ -180,7 +219,9 @@ class MultipleChoice(Likelihood):
     name = "multiple_choice"
     causal = True
 
-    def scores(self, backbone: Backbone, inputs: dict) -> torch.Tensor:
+    def scores(
+        self, backbone: Backbone, inputs: dict, latents: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """(batch, C) summed answer log-probabilities (``-inf`` for padded choices).
 
         The real choices of the batch go through the backbone as one batch.
@@ -256,8 +297,91 @@ class NextToken(Likelihood):
         return TokenAccumulator()
 
 
+class Regression(Likelihood):
+    """A real score per example: ``y ~ Normal(f(x), 1/√τ)``, τ ~ Gamma(a0, b0).
+
+    The head is a sequence classifier with ``num_labels=1``; its logits (batch, 1) are the
+    means. The observation precision τ is the latent site ``"y.obs_precision"``, with the
+    prior Gamma(shape ``precision_shape``, rate ``precision_rate``) (mean 1: a noise standard
+    deviation of 1 on the label scale) and a Gamma guide whose shape and rate are learned from
+    the prior's. :meth:`scores` are (batch, 2): the mean and the precision of each example's
+    Normal; the plug-in prediction takes the guide's mean of τ.
+    """
+
+    name = "regression"
+    causal = False
+    class_probabilities = False
+    precision_shape = 2.0  # a0
+    precision_rate = 2.0  # b0
+    precision_site = likelihood_site_name("obs_precision")
+
+    def num_labels(self, hf_model: nn.Module) -> int:
+        super().num_labels(hf_model)
+        num_labels = getattr(getattr(hf_model, "config", None), "num_labels", None)
+        if num_labels != 1:
+            raise ValueError(
+                f"likelihood='regression' needs a regression head with num_labels=1, but the "
+                f"model has num_labels={num_labels!r}: load it with num_labels=1"
+            )
+        return 1
+
+    def default_heads(self, hf_model: nn.Module) -> list[str]:
+        return default_modules_to_save(hf_model)
+
+    def latent_priors(self, device: torch.device, dtype: torch.dtype) -> dict:
+        shape = torch.tensor(self.precision_shape, device=device, dtype=dtype)
+        rate = torch.tensor(self.precision_rate, device=device, dtype=dtype)
+        return {self.precision_site: dist.Gamma(shape, rate)}
+
+    def guide_parameters(self, name: str, prior: dist.Distribution) -> GuideParameters:
+        if name != self.precision_site:
+            super().guide_parameters(name, prior)
+        positive = constraints.softplus_positive
+        return {"shape": (prior.concentration, positive), "rate": (prior.rate, positive)}
+
+    def guide_distribution(self, name: str, params: dict[str, torch.Tensor]) -> dist.Distribution:
+        if name != self.precision_site:
+            super().guide_distribution(name, params)
+        return dist.Gamma(params["shape"], params["rate"])
+
+    def scores(
+        self, backbone: Backbone, inputs: dict, latents: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """(batch, 2): the mean ``f(x)`` and the precision τ of each example's Normal."""
+        logits = backbone(**inputs)
+        if logits.dim() != 2 or logits.shape[-1] != 1:
+            raise ValueError(
+                f"a regression head must return logits of shape (batch, 1), got "
+                f"{tuple(logits.shape)}"
+            )
+        mean = logits.squeeze(-1)
+        precision = latents[self.precision_site].to(mean.dtype).expand_as(mean)
+        return torch.stack([mean, precision], dim=-1)
+
+    def check_labels(self, labels: torch.Tensor, inputs: dict, num_labels: int | None) -> None:
+        super().check_labels(labels, inputs, num_labels)
+        if not labels.is_floating_point():
+            raise ValueError(
+                f"regression labels must be floating point scores, got dtype {labels.dtype}"
+            )
+        bad = (~torch.isfinite(labels)).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"regression labels of examples {bad} are not finite")
+
+    def observe(
+        self, scores: torch.Tensor, labels: torch.Tensor | None, inputs: dict, num_data: int
+    ) -> None:
+        _check_finite(scores)
+        mean, precision = scores.unbind(-1)
+        obs = None if labels is None else labels.to(mean.dtype)
+        _observe(scores, dist.Normal(mean, precision.rsqrt()), obs, num_data)
+
+    def evaluation(self) -> NormalAccumulator:
+        return NormalAccumulator()
+
+
 LIKELIHOODS: dict[str, Likelihood] = {
-    cls.name: cls() for cls in (Classification, MultipleChoice, NextToken)
+    cls.name: cls() for cls in (Classification, MultipleChoice, NextToken, Regression)
 }
 
 
@@ -293,141 +417,3 @@ def resolve_likelihood(model: nn.Module, likelihood: str | Likelihood | None) ->
             )
         return LIKELIHOODS[Classification.name]
     return get_likelihood(likelihood)
-
-
-# ------------------------------------------------------------------------------ evaluation
-
-
-def _normalise(probs: np.ndarray) -> np.ndarray:
-    return probs / probs.sum(-1, keepdims=True)
-
-
-@dataclass
-class ClassEvaluation:
-    """The class probabilities of an evaluation pass (classification, multiple choice)."""
-
-    predictions: Predictions
-
-    @property
-    def num_draws(self) -> int:
-        """S, the posterior draws (1 for a method without a posterior)."""
-        return self.predictions.num_draws
-
-    def metrics(self, extra: tuple[str, ...] = ()) -> dict:
-        """Accuracy, NLL, ECE (15 equal-width bins), Brier and ``extra`` of both modes."""
-        extra = tuple(m for m in extra if m in REPORT_METRICS)
-        return {
-            mode: classification_report(
-                _normalise(self.predictions.mode_probs(mode)), self.predictions.labels, extra=extra
-            )
-            for mode in MODES
-        }
-
-    def save(self, directory) -> None:
-        """Write ``predictions.npz``."""
-        write_predictions(directory, self.predictions)
-
-    @staticmethod
-    def summary(metrics: dict) -> str:
-        """One log line of :meth:`metrics`."""
-        mean, pred = metrics["posterior_mean"], metrics["posterior_predictive"]
-        return (
-            f"accuracy {mean['accuracy']:.4f} (mean) {pred['accuracy']:.4f} (predictive), "
-            f"nll {mean['nll']:.4f} / {pred['nll']:.4f}"
-        )
-
-
-@dataclass
-class TokenEvaluation:
-    """Per-token log-probabilities of held-out responses (next-token tasks)."""
-
-    mean_log_probs: torch.Tensor  # (T,)
-    draw_log_probs: torch.Tensor  # (S, T)
-
-    @property
-    def num_draws(self) -> int:
-        """S, the posterior draws (1 for a method without a posterior)."""
-        return self.draw_log_probs.shape[0]
-
-    def metrics(self, extra: tuple[str, ...] = ()) -> dict:
-        """``nll`` (mean over tokens), ``perplexity`` and ``num_tokens`` of both modes.
-
-        The posterior predictive averages each token's probability over the draws.
-        """
-        draws = self.draw_log_probs
-        predictive = draws.logsumexp(0) - math.log(draws.shape[0])
-        out = {}
-        for mode, log_probs in zip(MODES, (self.mean_log_probs, predictive), strict=True):
-            nll = float(-log_probs.mean())
-            out[mode] = {
-                "nll": nll,
-                "perplexity": math.exp(nll),
-                "num_tokens": int(log_probs.numel()),
-            }
-        return out
-
-    def save(self, directory) -> None:
-        """Nothing: the per-token metrics are all of it."""
-
-    @staticmethod
-    def summary(metrics: dict) -> str:
-        """One log line of :meth:`metrics`."""
-        mean, pred = metrics["posterior_mean"], metrics["posterior_predictive"]
-        return (
-            f"token nll {mean['nll']:.4f} (mean) {pred['nll']:.4f} (predictive), "
-            f"perplexity {mean['perplexity']:.3f} / {pred['perplexity']:.3f}"
-        )
-
-
-class ProbabilityAccumulator:
-    """Collects class probabilities batch by batch; :meth:`result` gives a ClassEvaluation."""
-
-    def __init__(self):
-        self.labels: list[torch.Tensor] = []
-        self.mean: list[torch.Tensor] = []
-        self.draws: list[torch.Tensor] = []
-
-    def add(
-        self, labels: torch.Tensor, mean_scores: torch.Tensor, draw_scores: list[torch.Tensor]
-    ) -> None:
-        """One batch: the plug-in scores and those of each draw (none: one draw, the mean)."""
-        mean = mean_scores.softmax(-1)
-        self.labels.append(labels.cpu())
-        self.mean.append(mean)
-        if draw_scores:
-            self.draws.append(torch.stack([s.softmax(-1) for s in draw_scores]))
-        else:
-            self.draws.append(mean.unsqueeze(0))
-
-    def result(self) -> ClassEvaluation:
-        """The pass's predictions."""
-        return ClassEvaluation(
-            Predictions(
-                labels=torch.cat(self.labels).numpy(),
-                mean_probs=torch.cat(self.mean).double().cpu().numpy(),
-                draw_probs=torch.cat(self.draws, dim=1).double().cpu().numpy(),
-            )
-        )
-
-
-class TokenAccumulator:
-    """Collects response-token log-probabilities; :meth:`result` gives a TokenEvaluation."""
-
-    def __init__(self):
-        self.mean: list[torch.Tensor] = []
-        self.draws: list[torch.Tensor] = []
-
-    def add(
-        self, labels: torch.Tensor, mean_scores: torch.Tensor, draw_scores: list[torch.Tensor]
-    ) -> None:
-        """One batch: token logits of the plug-in prediction and of each draw."""
-        labels = labels.to(mean_scores.device)
-        self.mean.append(response_log_probs(mean_scores, labels).double())
-        draws = [response_log_probs(s, labels) for s in draw_scores]
-        self.draws.append(torch.stack(draws).double() if draws else self.mean[-1][None])
-
-    def result(self) -> TokenEvaluation:
-        """The pass's log-probabilities."""
-        if not self.mean:
-            raise ValueError("the evaluation got an empty loader: there are no held-out responses")
-        return TokenEvaluation(torch.cat(self.mean), torch.cat(self.draws, dim=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Iterator
 
 import pyro
@@ -30,8 +31,10 @@ class MonteCLoRAModel(PyroModule):
     Wraps the target ``nn.Linear`` modules of ``hf_model`` in place with
     :class:`~monteclora_pyro.models.layer.MonteCLoRALinear`, freezes every other weight except
     the task head, and defines per adapted layer the latent sites ``{path}.covariance``,
-    ``{path}.concentration``, ``{path}.weights`` and ``{path}.noise``, the cooperative factor
-    and the observed site ``y`` under a data plate scaled to ``num_data``.
+    ``{path}.concentration``, ``{path}.weights`` and ``{path}.noise``, the likelihood's own
+    latent sites (``"y.{kind}"``, e.g. the observation precision of ``likelihood="regression"``),
+    the cooperative factor and the observed site ``y`` under a data plate scaled to
+    ``num_data``.
 
     Parameters
     ----------
@@ -45,7 +48,7 @@ class MonteCLoRAModel(PyroModule):
         are scaled to it.
     likelihood : str or Likelihood, optional
         What ``y`` observes: a name of :data:`~monteclora_pyro.models.likelihood.LIKELIHOODS`
-        (``"classification"``, ``"multiple_choice"``, ``"next_token"``) or a
+        (``"classification"``, ``"multiple_choice"``, ``"next_token"``, ``"regression"``) or a
         :class:`~monteclora_pyro.models.likelihood.Likelihood`. ``None`` means classification,
         and is refused for a causal language model. For the causal likelihoods
         ``modules_to_save`` defaults to none: no head is trained.
@@ -96,6 +99,8 @@ class MonteCLoRAModel(PyroModule):
             layer.lora_B.requires_grad_(True)
         self.backbone = hf_model
         self._priors: dict = {}
+        self._likelihood_priors: dict = {}
+        self._plug_in_source: weakref.ref | None = None
 
     @property
     def hf_model(self) -> nn.Module:
@@ -120,15 +125,54 @@ class MonteCLoRAModel(PyroModule):
         return self.objective.latent_scale(self) * self.kl_factor
 
     def sample_latents(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Sample every latent site (unscaled).
+        """Sample every latent site (unscaled): the layers', then the likelihood's.
 
-        Returns the perturbation δ of A and the mixture weights π, each keyed by layer path.
+        Returns a draw (the perturbation δ of A keyed by layer path, and the value of each of
+        the likelihood's latent sites keyed by site name) and the mixture weights π by layer.
         """
-        return self.objective.sample_latents(self)
+        draw, weights = self.objective.sample_latents(self)
+        for name, prior in self.likelihood_priors().items():
+            draw[name] = pyro.sample(name, prior)
+        return draw, weights
 
     def perturbations(self, samples: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """δ per layer from a dictionary of latent-site values (e.g. what a guide returns)."""
-        return self.objective.perturbations(self, samples)
+        """The draw of latent-site values (e.g. what a guide returns) that :meth:`logits`
+        takes: δ per layer, and the likelihood's latent sites by name."""
+        draw = self.objective.perturbations(self, samples)
+        draw.update({name: samples[name] for name in self.likelihood_sites})
+        return draw
+
+    def likelihood_priors(self) -> dict:
+        """The priors of the likelihood's latent sites by name, cached per device and dtype."""
+        weight = next(iter(self.adapters.values())).lora_A
+        key = (weight.device, weight.dtype)
+        if key not in self._likelihood_priors:
+            self._likelihood_priors[key] = self.likelihood.latent_priors(*key)
+        return self._likelihood_priors[key]
+
+    @property
+    def likelihood_sites(self) -> tuple[str, ...]:
+        """Names of the likelihood's latent sites (none for the categorical likelihoods)."""
+        return tuple(self.likelihood_priors())
+
+    def set_plug_in_source(self, guide: nn.Module) -> None:
+        """Take the plug-in values of the likelihood's latent sites from ``guide``.
+
+        Its ``plug_in_latents()`` is asked at each plug-in prediction (the guide is held
+        weakly); the guides call this when they are built.
+        """
+        self._plug_in_source = weakref.ref(guide)
+
+    def plug_in_latents(self) -> dict[str, torch.Tensor]:
+        """The likelihood's latent values of a prediction without them (the plug-in).
+
+        Those of the guide set by :meth:`set_plug_in_source` (the guide's means, or LoRA's
+        point estimates), else the prior means.
+        """
+        guide = None if self._plug_in_source is None else self._plug_in_source()
+        if guide is not None:
+            return guide.plug_in_latents()
+        return {name: prior.mean for name, prior in self.likelihood_priors().items()}
 
     def forward(
         self,
@@ -139,7 +183,7 @@ class MonteCLoRAModel(PyroModule):
     ) -> torch.Tensor:
         """Run the model: sample the adapters, the backbone and the observed labels.
 
-        Returns what :meth:`logits` returns for this draw.
+        Returns what :meth:`logits` returns for this draw (its δ and likelihood latents).
         """
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **model_inputs}
         if labels is not None:
@@ -165,14 +209,32 @@ class MonteCLoRAModel(PyroModule):
         deltas: dict[str, torch.Tensor] | None = None,
         **model_inputs,
     ) -> torch.Tensor:
-        """Scores of the backbone with the given perturbations of A (none: posterior mean).
+        """Scores of the backbone at a draw (none: the plug-in prediction).
+
+        ``deltas`` is a draw as :meth:`perturbations` gives it: δ of A by layer path (a layer
+        left out has A = μ) and values of the likelihood's latent sites by name (one left out
+        takes :meth:`plug_in_latents`).
 
         What the likelihood observes (:meth:`Likelihood.scores`): logits (batch, num_labels)
         for classification; for multiple choice the (batch, C) summed answer log-probabilities
-        (``-inf`` for padded choices); for next-token the token logits (batch, L, vocabulary).
+        (``-inf`` for padded choices); for next-token the token logits (batch, L, vocabulary);
+        for regression the mean and the precision (batch, 2) of each example's Normal.
         """
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **model_inputs}
-        return self.likelihood.scores(functools.partial(self._backbone, deltas or {}), inputs)
+        draw = deltas or {}
+        adapters = {k: v for k, v in draw.items() if k in self.adapters}
+        latents = {k: v for k, v in draw.items() if k not in self.adapters}
+        sites = self.likelihood_sites
+        unknown = [k for k in latents if k not in sites]
+        if unknown:
+            raise ValueError(
+                f"{unknown} are neither adapted layers nor latent sites of the "
+                f"{self.likelihood.name} likelihood"
+            )
+        if len(latents) < len(sites):
+            latents = {**self.plug_in_latents(), **latents}
+        backbone = functools.partial(self._backbone, adapters)
+        return self.likelihood.scores(backbone, inputs, latents)
 
     def _backbone(self, deltas: dict[str, torch.Tensor], **inputs) -> torch.Tensor:
         """Logits of the wrapped model with A = μ + δ in the layers of ``deltas``."""

@@ -7,6 +7,7 @@
 - :mod:`~monteclora_pyro.training.loop`: :class:`Trainer` and :func:`train`.
 - :mod:`~monteclora_pyro.training.evaluation`: :func:`evaluate`, :func:`evaluate_run`.
 - :mod:`~monteclora_pyro.training.distributed`: several processes through Accelerate.
+- :mod:`~monteclora_pyro.training.tracking`: TensorBoard and MLflow (``report_to``).
 """
 
 from monteclora_pyro.training.base import Method

@@ -22,14 +22,15 @@ from tqdm.auto import tqdm
 from monteclora_pyro import runs
 from monteclora_pyro.backbones import load_backbone
 from monteclora_pyro.data import (
-    get_task_spec,
     load_task,
     make_collator,
     make_loader,
+    resolve_task_spec,
     take_first,
     tokenize_task,
 )
 from monteclora_pyro.models import MonteCLoRAModel
+from monteclora_pyro.models.evaluations import TokenAccumulator
 from monteclora_pyro.models.likelihood import (
     ClassEvaluation,
     Likelihood,
@@ -79,6 +80,11 @@ def evaluate(
     return accumulator.result()
 
 
+def _scores_tokens(model: MonteCLoRAModel) -> bool:
+    """Whether the model's evaluations are per-token (a next-token likelihood)."""
+    return isinstance(model.likelihood.evaluation(), TokenAccumulator)
+
+
 def _evaluate_parts(model: MonteCLoRAModel, guide: nn.Module, *args) -> Evaluation:
     return evaluate(PyroMethod.from_parts(model, guide), model.likelihood, *args)
 
@@ -91,11 +97,14 @@ def predict(
     seed: int = 0,
     progress: bool = False,
 ) -> Predictions:
-    """Plug-in and per-draw class probabilities of a model and guide over ``loader``."""
-    if not model.likelihood.class_probabilities:
-        raise ValueError(
-            f"a {model.likelihood.name} model has no class probabilities: use token_metrics"
-        )
+    """Plug-in and per-draw predictions of a model and guide over ``loader``.
+
+    Class probabilities (:class:`~monteclora_pyro.runs.Predictions`) for classification and
+    multiple choice, Normal means and precisions for regression; a next-token model has
+    none (use :func:`token_metrics`).
+    """
+    if _scores_tokens(model):
+        raise ValueError("a next_token model has no per-example predictions: use token_metrics")
     return _evaluate_parts(model, guide, loader, num_samples, seed, progress).predictions
 
 
@@ -118,7 +127,7 @@ def token_metrics(
         ``{"posterior_mean": {...}, "posterior_predictive": {...}}``, each with ``nll`` (mean
         over tokens, natural log), ``perplexity`` (``exp(nll)``) and ``num_tokens``.
     """
-    if model.likelihood.class_probabilities:
+    if not _scores_tokens(model):
         raise ValueError("token_metrics needs a MonteCLoRAModel with likelihood='next_token'")
     return _evaluate_parts(model, guide, loader, num_samples, seed, progress).metrics()
 
@@ -127,7 +136,7 @@ def load_run(run_dir: str | Path) -> tuple[Method, object, TrainConfig]:
     """The trained method, the tokenizer and the training configuration of a finished run."""
     run_dir = Path(run_dir)
     train_cfg, _ = load_run_config(run_dir)
-    spec = get_task_spec(train_cfg.task)
+    spec = resolve_task_spec(train_cfg.task)
     likelihood = get_likelihood(spec.likelihood)
     hf_model, tokenizer, _ = load_backbone(
         train_cfg.model, spec.num_labels, spec.label_names, causal=likelihood.causal
@@ -162,8 +171,8 @@ def evaluate_run(
     run_dir = Path(run_dir)
     cfg, _ = load_run_config(run_dir)
     task_name = task or cfg.task
-    spec = get_task_spec(task_name)
-    trained = get_task_spec(cfg.task)
+    spec = resolve_task_spec(task_name)
+    trained = resolve_task_spec(cfg.task)
     if spec.likelihood != trained.likelihood:
         raise ValueError(
             f"task {spec.name} is a {spec.likelihood} task, but the run in {run_dir} was "

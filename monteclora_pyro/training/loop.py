@@ -24,8 +24,12 @@ from monteclora_pyro.training import convergence, distributed
 from monteclora_pyro.training.config import TrainConfig, resolve_device, save_run_config
 from monteclora_pyro.training.evaluation import Evaluation, evaluate, first_examples
 from monteclora_pyro.training.methods import METHODS
+from monteclora_pyro.training.tracking import Tracker, make_tracker
 
 logger = logging.getLogger(__name__)
+
+
+_NOT_SCALARS = ("kind", "step", "epoch")
 
 
 class TrainingError(RuntimeError):
@@ -37,7 +41,9 @@ class Trainer:
 
     Every method (:data:`~monteclora_pyro.training.methods.METHODS`) and every likelihood
     (the task's) runs the same loop; it uses the method only through
-    :class:`~monteclora_pyro.training.base.Method`.
+    :class:`~monteclora_pyro.training.base.Method`. With ``report_to`` set, rank 0 also sends
+    the loss terms, learning rates, evaluations and convergence figures to a
+    :class:`~monteclora_pyro.training.tracking.Tracker`.
     """
 
     def __init__(
@@ -127,6 +133,7 @@ class Trainer:
         self.window = convergence.Window(self.variational, step=0)  # of the convergence record
         self.evaluation: Evaluation | None = None  # the last evaluation
         self.eval_metrics: dict | None = None  # of the last evaluation
+        self.tracker: Tracker | None = None  # rank 0, while train() runs
 
     def _optimizer(self) -> torch.optim.Optimizer:
         """AdamW or ClippedAdam; the variational parameters in a group at ``guide_lr``."""
@@ -212,7 +219,7 @@ class Trainer:
         try:
             current = {**dataclasses.asdict(self.cfg), **self.model_cfg.to_dict()}
             saved = {**state["train_config"], **state["model_config"]}
-            for key in ("output_dir", "device"):
+            for key in ("output_dir", "device", "report_to"):
                 saved[key] = current[key]
             diffs = _differences(saved, current)
             if diffs:
@@ -230,6 +237,24 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if self.is_main:
             runs.append_history(self.run_dir, record)
+
+    def _start_tracking(self) -> None:
+        """Create the tracker of ``report_to`` (rank 0); a new run records its configuration."""
+        if not self.is_main:
+            return
+        self.tracker = make_tracker(self.cfg.report_to, self.run_dir, resumed_at=self.step)
+        if self.tracker is not None and self.step == 0:
+            config = {"train": dataclasses.asdict(self.cfg), "monteclora": self.model_cfg.to_dict()}
+            self.tracker.log_config(config)
+
+    def _track(self, scalars: dict, step: int) -> None:
+        if self.tracker is not None:
+            self.tracker.log_scalars(scalars, step)
+
+    def _stop_tracking(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
     def _batches(self):
         """Yield (step, epoch, batch) from ``self.step`` on; epoch e is shuffled by seed + e."""
@@ -253,6 +278,14 @@ class Trainer:
             self.prepare_run_dir(resume)
         else:
             self.parallel.prepare_run_dir(self, resume)
+        self._start_tracking()
+        try:
+            return self._train()
+        finally:
+            self._stop_tracking()
+
+    def _train(self) -> dict:
+        """The loop of :meth:`train`, once the run directory is ready."""
         self.method.network.train()
         bar = tqdm(
             total=self.total_steps,
@@ -291,7 +324,8 @@ class Trainer:
             self.window.add_gradients(self.variational)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            lr = self.scheduler.get_last_lr()[0]
+            lrs = self.scheduler.get_last_lr()
+            lr = lrs[0]
             self.scheduler.step()
             self.step += 1
             record = {
@@ -303,6 +337,8 @@ class Trainer:
             }
             record.update({k: v.item() for k, v in terms.items()})
             self._log(record)
+            scalars = {f"train/{k}": v for k, v in record.items() if k not in _NOT_SCALARS}
+            self._track(scalars | ({"train/guide_lr": lrs[1]} if len(lrs) > 1 else {}), self.step)
             bar.update(1)
             bar.set_postfix(
                 {k: f"{v:.4g}" for k, v in record.items() if k not in ("kind", "step", "epoch")},
@@ -312,6 +348,8 @@ class Trainer:
                 metrics = self.evaluate(epoch)
                 self.method.network.train()
                 self._log({"kind": "eval", "step": self.step, "epoch": epoch, **metrics})
+                if self.tracker is not None:
+                    self.tracker.log_metrics(metrics, self.step, "eval")
                 self._log_convergence(epoch)
                 self.save_checkpoint()
             elif self.step % self.cfg.checkpoint_every == 0:
@@ -331,6 +369,10 @@ class Trainer:
                 self.step, epoch, self.window, losses, self.variational
             )
             self._log(record)
+            if self.tracker is not None:  # its scalar figures; not those per parameter
+                figures = {k: v for k, v in record.items() if not isinstance(v, dict)}
+                figures = {k: v for k, v in figures.items() if k not in (*_NOT_SCALARS, "window")}
+                self.tracker.log_metrics(figures, self.step, "convergence")
         self.window = convergence.Window(self.variational, step=self.step)
 
     def evaluate(self, epoch: int | None = None) -> dict:
@@ -371,6 +413,8 @@ class Trainer:
         """
         if self.eval_metrics is None:
             self.evaluate()
+            if self.tracker is not None:
+                self.tracker.log_metrics(self.eval_metrics, self.step, "eval")
         if self.is_main:
             self.method.save(self.run_dir, self.cfg.num_samples, self.cfg.seed)
             self.evaluation.save(self.run_dir)

@@ -104,7 +104,7 @@ def test_schema_of_restarts(run_dirs):
     training = idata.training
     # The paper objective's terms, in order; the Bayesian objective's are not logged.
     assert list(training.data_vars) == list(TRAINING_TERMS[:7])
-    assert TRAINING_TERMS[7:] == ("kl_precision", "kl_A")
+    assert TRAINING_TERMS[7:] == ("kl_precision", "kl_A", "kl_obs_precision")
     assert training["loss"].dims == ("chain", "step") and training.sizes["step"] == 4
     losses = [r["loss"] for r in runs.read_history(run_dirs["mc0"], kind="train")]
     np.testing.assert_allclose(training["loss"].values[0], losses)

@@ -20,6 +20,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from monteclora_pyro.analysis import plots
+from monteclora_pyro.sites import LIKELIHOOD_KINDS
 
 LAYERS = (
     "bert.encoder.layer.0.attention.self.query",
@@ -27,6 +28,7 @@ LAYERS = (
 )
 SHORT = ["layer.0.attention.self.query", "layer.1.attention.self.value"]
 R, K, CHAINS, DRAWS, N = 3, 4, 2, 50, 40
+LAYER_KINDS = tuple(k for k in plots.KINDS if k not in LIKELIHOOD_KINDS)  # regression: elsewhere
 TERMS = (
     "loss",
     "nll",
@@ -121,7 +123,7 @@ def test_short_layer_names():
     assert plots.short_layer_names([]) == []
 
 
-@pytest.mark.parametrize("kind", plots.KINDS)
+@pytest.mark.parametrize("kind", LAYER_KINDS)
 def test_prior_posterior(idata, kind, tmp_path):
     fig = plots.plot_prior_posterior(idata, kind)
     assert isinstance(fig, Figure)
@@ -200,7 +202,7 @@ def test_hyperprior_summaries(idata):
 def test_rank(idata, tmp_path):
     fig = plots.plot_rank(idata)
     visible = [ax for ax in fig.axes if ax.get_visible()]
-    assert len(visible) == 2 * len(plots.KINDS) == 8
+    assert len(visible) == 2 * len(LAYER_KINDS) == 8
     assert fig.get_suptitle().startswith("rank plot across chains")
     assert "independent training restarts" in fig.get_suptitle()
     assert any("trace of Σ" in t for t in _titles(fig))
@@ -210,7 +212,7 @@ def test_rank(idata, tmp_path):
     assert len([ax for ax in one.axes if ax.get_visible()]) == K
 
 
-@pytest.mark.parametrize("kind", plots.KINDS)
+@pytest.mark.parametrize("kind", LAYER_KINDS)
 def test_forest_layers(idata, kind, tmp_path):
     fig = plots.plot_forest_layers(idata, kind)
     (ax,) = fig.axes

@@ -375,7 +375,7 @@ def test_token_metrics_match_cross_entropy():
     assert mean["perplexity"] == pytest.approx(math.exp(mean_nll.item()), rel=1e-5)
     assert pred["nll"] == pytest.approx(predictive_nll.item(), rel=1e-5)
     assert abs(pred["nll"] - mean["nll"]) > 1e-4
-    with pytest.raises(ValueError, match=r"no class probabilities: use token_metrics"):
+    with pytest.raises(ValueError, match=r"no per-example predictions: use token_metrics"):
         predict(model, guide, loader)
 
 

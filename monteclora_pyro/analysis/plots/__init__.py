@@ -5,7 +5,8 @@ Every function takes data and returns a :class:`matplotlib.figure.Figure` built 
 backend; the caller saves it with ``fig.savefig(path)``. Posterior inputs follow the schema
 of :func:`monteclora_pyro.analysis.inference_data.to_inference_data`: one variable per latent
 site named ``"{layer path}.{kind}"`` with ``kind`` in ``covariance``, ``concentration``,
-``weights``.
+``weights`` (``precision`` under ``objective="bayes"``), and the likelihood's own sites
+``"y.{kind}"`` (``obs_precision`` of a regression), shown as one more "layer" ``y``.
 """
 
 from monteclora_pyro.analysis.plots._common import KINDS, layer_sites, short_layer_names
@@ -18,6 +19,7 @@ from monteclora_pyro.analysis.plots.posterior import (
 )
 from monteclora_pyro.analysis.plots.predictive import (
     plot_accuracy_coverage,
+    plot_interval_coverage,
     plot_reliability,
     plot_uncertainty_histograms,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "layer_sites",
     "plot_accuracy_coverage",
     "plot_forest_layers",
+    "plot_interval_coverage",
     "plot_prior_posterior",
     "plot_rank",
     "plot_reliability",

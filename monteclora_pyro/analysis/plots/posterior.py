@@ -32,13 +32,16 @@ SUMMARY_LABELS = {
     "concentration": "mean concentration α",
     "weights": "max weight π",
     "precision": "trace of Λ",
+    "obs_precision": "observation precision τ",
 }
 _SUMMARY_SUFFIX = {
     "covariance": "trace",
     "concentration": "mean",
     "weights": "max",
     "precision": "trace",
+    "obs_precision": "value",
 }
+_SCALAR_KINDS = {"concentration": "concentration α", "obs_precision": "observation precision τ"}
 _MATRIX_SYMBOL = {"covariance": "Σ", "precision": "Λ"}
 PANELS_PER_ROW = 4
 
@@ -69,8 +72,8 @@ def _quantities(da: xr.DataArray, kind: str) -> dict[str, NDArray[np.float64]]:
         if _is_full(da):
             return {f"diagonal of {m}": _diagonal(da), f"eigenvalues of {m}": _eigenvalues(da)}
         return {f"diagonal (= eigenvalues) of {m}": _diagonal(da)}
-    if kind == "concentration":
-        return {"concentration α": flat(da.values)}
+    if kind in _SCALAR_KINDS:
+        return {_SCALAR_KINDS[kind]: flat(da.values)}
     a = np.asarray(da.values, dtype=np.float64)
     return {"weight π_k": flat(a), "max_k π_k": flat(a.max(axis=-1))}
 
@@ -87,7 +90,7 @@ def _site_summary(da: xr.DataArray, kind: str) -> xr.DataArray:
         )
     if kind in MATRIX_KINDS:
         return da.sum(dim=extra)
-    if kind == "concentration":
+    if kind in _SCALAR_KINDS:
         return da.mean(dim=extra)
     return da.max(dim=extra)
 

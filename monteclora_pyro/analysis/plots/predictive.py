@@ -1,4 +1,5 @@
-"""Figures of predictions: reliability, uncertainty of right and wrong, accuracy–coverage."""
+"""Figures of predictions: reliability, uncertainty of right and wrong, accuracy–coverage, and
+the interval coverage of regression predictives (their reliability diagram)."""
 
 from __future__ import annotations
 
@@ -139,4 +140,50 @@ def plot_accuracy_coverage(curves: Mapping[str, tuple[ArrayLike, ArrayLike]]) ->
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("accuracy–coverage (selective prediction)")
+    return fig
+
+
+def plot_interval_coverage(
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike, ArrayLike]],
+    levels: ArrayLike = metrics.COVERAGE_LEVELS,
+) -> Figure:
+    """Regression reliability: coverage of central predictive intervals against their level.
+
+    For each level p the fraction of labels inside the central p-interval of their predictive
+    (:func:`monteclora_pyro.metrics.interval_coverage`, exact through the PIT); a calibrated
+    predictive lies on the diagonal, within the shaded band of ±2 binomial standard errors
+    ``2 sqrt(p(1-p)/n)`` (n of the first curve).
+
+    Parameters
+    ----------
+    curves : mapping of str to (means, precisions, labels)
+        Per curve the Normal components, ``means`` and ``precisions`` of shape (S, n) (S = 1
+        for a plug-in prediction), and the labels (n,).
+    levels : array_like
+        The nominal levels p, in (0, 1).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The legend names each curve with its coverage at the highest level.
+    """
+    if not curves:
+        raise ValueError("curves is empty")
+    p = np.asarray(levels, dtype=np.float64)
+    fig = Figure(figsize=(5.5, 5.0), layout="constrained")
+    ax = fig.subplots()
+    n = np.shape(next(iter(curves.values()))[2])[0]
+    band = 2.0 * np.sqrt(p * (1.0 - p) / n)
+    ax.fill_between(p, p - band, p + band, color="0.85", label=f"±2 s.e. (n={n})")
+    ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect calibration")
+    for name, (means, precisions, labels) in curves.items():
+        covered = metrics.interval_coverage(means, precisions, labels, p)
+        ax.plot(p, covered, "o-", ms=4, label=f"{name} ({p[-1]:.0%}: {covered[-1]:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("nominal level p of the central interval")
+    ax.set_ylabel("fraction of labels inside")
+    ax.set_aspect("equal")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("interval coverage of the predictive")
     return fig
