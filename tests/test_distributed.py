@@ -3,17 +3,19 @@
 Tolerances. The 2-process run computes the same numbers in another order (a shard's sums, then
 the all-reduce), and another CPU or thread count changes the order of float32 reductions again.
 Nothing else differs, so every difference is rounding. The largest differences from the
-one-process run, measured on an Intel machine (1 thread) and an AMD EPYC with AVX-512 (1 and 2
-threads), fresh and resumed runs, were:
+one-process run, measured on an Intel machine (1 thread) and on an AMD EPYC with AVX-512 (1 and
+2 threads, fresh and resumed runs, V0 = I/ν0 and guide_lr = lr), were:
 
-- logged loss and NLL 4.4e-7 relative, metrics 4.0e-7 relative, predicted probabilities 3.9e-7
+- logged loss and NLL 7.5e-7 relative, metrics 5.2e-7 relative, predicted probabilities 4.8e-7
   and μ, B and the head 6e-7 absolute: values computed on the data path, a few float32 units
   in the last place per step;
-- variational parameters 7.5e-5 absolute, and the KL and cooperative terms (functions of them
-  only) 4.7e-5 relative. Their gradients are tiny (median ~2e-6: the noise is scaled by
+- variational parameters 1.0e-4 absolute, and the KL and cooperative terms (functions of them
+  only) 1.2e-4 relative. Their gradients are tiny (median ~2e-6: the noise is scaled by
   ε = 1e-4, the KL by η = 1e-5) and partly differences of larger terms, so their relative
   rounding error is far above float32's; Adam's step does not depend on the gradient's scale,
-  so that error goes into the step (up to lr = 0.03 per step).
+  so that error goes into the step (up to lr = 0.03 per step);
+- the convergence records' per-parameter figures (relative change, gradient signal-to-noise):
+  1.6e-3 relative, as they are built from those gradients and moves.
 
 Each tolerance is 20 times the largest measured value, rounded up (TOLERANCES), to cover CPUs
 with other vector widths. All stay far below the error of a wrong shard weighting (the naive
@@ -158,12 +160,13 @@ def _assets(root):
 
 
 TOLERANCES = {
-    "data": 1e-5,
-    "latent": 1e-3,
-    "metrics": 1e-5,
+    "data": 2e-5,
+    "latent": 3e-3,
+    "metrics": 2e-5,
     "predictions": 1e-5,
     "adapter": 2e-5,
     "guide": 2e-3,
+    "convergence": 0.05,
 }
 
 OPTIONS = {
@@ -174,6 +177,7 @@ OPTIONS = {
     "num_samples": 3,
     "checkpoint_every": 3,
     "seed": 3,
+    "guide_lr": 3e-2,  # = lr: the setting the tolerances were measured at
 }
 
 
@@ -202,7 +206,8 @@ def _differences(ref, run) -> dict[str, float]:
     ``adapter`` and ``guide`` (parameters, absolute). Structure (keys, steps, non-float values,
     the checkpoint's RNG state) must be identical.
     """
-    worst = dict.fromkeys(("data", "latent", "metrics", "predictions", "adapter", "guide"), 0.0)
+    groups = ("data", "latent", "metrics", "predictions", "adapter", "guide", "convergence")
+    worst = dict.fromkeys(groups, 0.0)
 
     def note(group: str, value: float) -> None:
         worst[group] = max(worst[group], value)
@@ -211,6 +216,17 @@ def _differences(ref, run) -> dict[str, float]:
     assert [(r["kind"], r["step"]) for r in second] == [(r["kind"], r["step"]) for r in first]
     for a, b in zip(first, second, strict=True):
         assert a.keys() == b.keys()
+        if a["kind"] == "convergence":  # figures of the guide's gradients and moves
+            assert (b["step"], b["window"], b["converged"]) == (
+                a["step"],
+                a["window"],
+                a["converged"],
+            )
+            for key in ("param_change", "grad_snr"):
+                assert b[key].keys() == a[key].keys()
+                for name, number in a[key].items():
+                    note("convergence", _relative(number, b[key][name], 1e-3))
+            continue
         for key, value in a.items():
             if isinstance(value, float) and key != "lr":
                 note("latent" if key in LATENT_TERMS else "data", _relative(value, b[key], 1e-7))
@@ -336,6 +352,6 @@ def test_two_processes_equal_one_fresh_and_resumed(tmp_path, monkeypatch, thread
 
     _assert_same_run(ref, two)
     _assert_same_run(ref, resumed)
-    history = _history(two)
-    assert len([r for r in history if r["kind"] == "train"]) == 8
-    assert history[0]["loss"] != pytest.approx(history[-2]["loss"], rel=1e-2)  # it trained
+    steps = [r for r in _history(two) if r["kind"] == "train"]
+    assert len(steps) == 8
+    assert steps[0]["loss"] != pytest.approx(steps[-1]["loss"], rel=1e-2)  # it trained

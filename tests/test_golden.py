@@ -8,8 +8,8 @@ equal to the bit (use it on the machine that made the files, e.g. to check a ref
 
 Tolerances. Another CPU or thread count changes only the order of float32 reductions. The
 2-process against 1-process comparison of tests/test_distributed.py measures what a reordering
-does to the same kind of run, on two CPUs and 1 and 2 threads: at most 4.4e-7 relative on the
-data-path values (loss, NLL, metrics) and 3.9e-7 absolute on probabilities, but 4.7e-5 relative
+does to the same kind of run, on two CPUs and 1 and 2 threads: at most 7.5e-7 relative on the
+data-path values (loss, NLL, metrics) and 4.8e-7 absolute on probabilities, but 1.2e-4 relative
 on the KL and cooperative terms, which depend only on the variational parameters (tiny
 gradients under Adam's scale-free step). The golden runs are shorter (6 steps against 8) at a
 smaller learning rate (1e-2 against 3e-2), so the same bounds hold; as there, each tolerance is
@@ -37,7 +37,7 @@ from make_golden import GOLDEN_FILES, METHODS, golden_config  # noqa: E402
 
 EXACT = os.environ.get("MONTECLORA_GOLDEN_EXACT") == "1"
 LATENT_TERMS = ("kl_covariance", "kl_concentration", "kl_weights", "kl_noise", "cooperative")
-RELATIVE = {"data": 1e-5, "latent": 1e-3}
+RELATIVE = {"data": 2e-5, "latent": 3e-3}
 PROBABILITY_ATOL = 1e-5
 
 
