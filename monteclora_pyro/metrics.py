@@ -20,6 +20,8 @@ from monteclora_pyro.regression_metrics import (
     COVERAGE_LEVELS,
     INTERVAL_LEVEL,
     average_ranks,
+    check_same_length,
+    float_vector,
     interval_coverage,
     normal_mixture_cdf,
     normal_mixture_log_density,
@@ -125,17 +127,6 @@ def _as_labels(labels: ArrayLike, n: int, n_classes: int) -> NDArray[np.int64]:
     return y
 
 
-def _as_float_vector(x: ArrayLike, name: str) -> NDArray[np.float64]:
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
-    if a.size == 0:
-        raise ValueError(f"{name} must be non-empty")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains non-finite values")
-    return a
-
-
 def _as_correct(correct: ArrayLike, n: int) -> NDArray[np.float64]:
     c = np.asarray(correct)
     if c.ndim != 1:
@@ -145,13 +136,6 @@ def _as_correct(correct: ArrayLike, n: int) -> NDArray[np.float64]:
     if not np.all((c == 0) | (c == 1)):
         raise ValueError("correct must contain only booleans or 0/1 values")
     return c.astype(np.float64)
-
-
-def _check_same_length(a: NDArray, b: NDArray, name_a: str, name_b: str) -> None:
-    if a.shape[0] != b.shape[0]:
-        raise ValueError(
-            f"{name_a} and {name_b} must have the same length, got {a.shape[0]} and {b.shape[0]}"
-        )
 
 
 # ------------------------------------------------------------------- proper scoring rules
@@ -293,7 +277,7 @@ def matthews_corrcoef(pred: ArrayLike, labels: ArrayLike) -> float:
     """
     yp = _as_int_vector(pred, "pred")
     yt = _as_int_vector(labels, "labels")
-    _check_same_length(yp, yt, "pred", "labels")
+    check_same_length(yp, yt, "pred", "labels")
     classes, codes = np.unique(np.concatenate([yt, yp]), return_inverse=True)
     n = yt.shape[0]
     true_counts = np.bincount(codes[:n], minlength=classes.shape[0]).astype(np.float64)
@@ -315,7 +299,7 @@ def f1_score(pred: ArrayLike, labels: ArrayLike, positive: int = 1) -> float:
     """
     yp = _as_int_vector(pred, "pred")
     yt = _as_int_vector(labels, "labels")
-    _check_same_length(yp, yt, "pred", "labels")
+    check_same_length(yp, yt, "pred", "labels")
     tp = np.sum((yp == positive) & (yt == positive))
     fp = np.sum((yp == positive) & (yt != positive))
     fn = np.sum((yp != positive) & (yt == positive))
@@ -386,7 +370,7 @@ def accuracy_coverage_curve(
     coverage, accuracy : ndarray
         ``coverage[k-1] = k / n`` and the accuracy of the ``k`` retained examples.
     """
-    conf = _as_float_vector(confidence, "confidence")
+    conf = float_vector(confidence, "confidence")
     hit = _as_correct(correct, conf.shape[0])
     order = np.argsort(-conf, kind="stable")
     k = np.arange(1, conf.shape[0] + 1)
@@ -409,8 +393,8 @@ def auroc(scores_in: ArrayLike, scores_out: ArrayLike) -> float:
     The Mann-Whitney ``U`` of ``scores_out`` over ``scores_in`` divided by
     ``n_in * n_out``, ties counting 1/2; computed from average ranks in O(n log n).
     """
-    s_in = _as_float_vector(scores_in, "scores_in")
-    s_out = _as_float_vector(scores_out, "scores_out")
+    s_in = float_vector(scores_in, "scores_in")
+    s_out = float_vector(scores_out, "scores_out")
     n_in, n_out = s_in.shape[0], s_out.shape[0]
     ranks = average_ranks(np.concatenate([s_in, s_out]))
     u = ranks[n_in:].sum() - n_out * (n_out + 1) / 2.0

@@ -45,7 +45,8 @@ _ERFC = np.frompyfunc(math.erfc, 1, 1)
 _BISECTIONS = 60
 
 
-def _vector(x: ArrayLike, name: str) -> NDArray[np.float64]:
+def float_vector(x: ArrayLike, name: str) -> NDArray[np.float64]:
+    """``x`` as a non-empty, finite, one-dimensional float64 array, or a ValueError."""
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 1:
         raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
@@ -56,7 +57,8 @@ def _vector(x: ArrayLike, name: str) -> NDArray[np.float64]:
     return a
 
 
-def _same_length(a: NDArray, b: NDArray, name_a: str, name_b: str) -> None:
+def check_same_length(a: NDArray, b: NDArray, name_a: str, name_b: str) -> None:
+    """Raise a ValueError naming both arrays when their lengths differ."""
     if a.shape[0] != b.shape[0]:
         raise ValueError(
             f"{name_a} and {name_b} must have the same length, got {a.shape[0]} and {b.shape[0]}"
@@ -65,9 +67,9 @@ def _same_length(a: NDArray, b: NDArray, name_a: str, name_b: str) -> None:
 
 def pearson(x: ArrayLike, y: ArrayLike) -> float:
     """Pearson correlation coefficient; NaN if either input is constant."""
-    a = _vector(x, "x")
-    b = _vector(y, "y")
-    _same_length(a, b, "x", "y")
+    a = float_vector(x, "x")
+    b = float_vector(y, "y")
+    check_same_length(a, b, "x", "y")
     if np.ptp(a) == 0.0 or np.ptp(b) == 0.0:
         return float("nan")
     ac = a - a.mean()
@@ -91,17 +93,17 @@ def average_ranks(x: NDArray[np.float64]) -> NDArray[np.float64]:
 
 def spearman(x: ArrayLike, y: ArrayLike) -> float:
     """Spearman rank correlation (Pearson on average ranks); NaN if an input is constant."""
-    a = _vector(x, "x")
-    b = _vector(y, "y")
-    _same_length(a, b, "x", "y")
+    a = float_vector(x, "x")
+    b = float_vector(y, "y")
+    check_same_length(a, b, "x", "y")
     return pearson(average_ranks(a), average_ranks(b))
 
 
 def rmse(pred: ArrayLike, labels: ArrayLike) -> float:
     """Root mean squared error ``sqrt((1/n) Σ_i (pred_i - y_i)²)``."""
-    p = _vector(pred, "pred")
-    y = _vector(labels, "labels")
-    _same_length(p, y, "pred", "labels")
+    p = float_vector(pred, "pred")
+    y = float_vector(labels, "labels")
+    check_same_length(p, y, "pred", "labels")
     return float(np.sqrt(np.mean((p - y) ** 2)))
 
 
@@ -135,7 +137,7 @@ def normal_mixture_log_density(
     means: ArrayLike, precisions: ArrayLike, labels: ArrayLike
 ) -> NDArray[np.float64]:
     """``log (1/S) Σ_s N(y_i | m_si, 1/τ_si)`` per example, shape (n,) (log-sum-exp)."""
-    y = _vector(labels, "labels")
+    y = float_vector(labels, "labels")
     m, t = _mixture(means, precisions, y.shape[0])
     log_p = 0.5 * (np.log(t) - math.log(2.0 * math.pi) - t * (y - m) ** 2)
     top = log_p.max(axis=0)
@@ -149,7 +151,7 @@ def normal_mixture_cdf(
 
     At the labels this is the probability integral transform (PIT) of the predictive.
     """
-    x = _vector(values, "values")
+    x = float_vector(values, "values")
     m, t = _mixture(means, precisions, x.shape[0])
     return _cdf(m, t, x)
 
@@ -224,7 +226,7 @@ def regression_report(
     density, nats), ``coverage_90`` (fraction of labels inside their central 90 % predictive
     interval) and ``width_90`` (mean width of that interval).
     """
-    y = _vector(labels, "labels")
+    y = float_vector(labels, "labels")
     m, t = _mixture(means, precisions, y.shape[0])
     point = m.mean(axis=0)
     tail = (1.0 - INTERVAL_LEVEL) / 2.0

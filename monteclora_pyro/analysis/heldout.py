@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from monteclora_pyro import metrics
+from monteclora_pyro.analysis.fit import HeldOutFit
 from monteclora_pyro.analysis.regression import (
     RegressionHeldOut,
     pool_regression_predictions,
@@ -91,52 +93,24 @@ def mutual_information_share(draw_probs: ArrayLike) -> tuple[float, float, float
 
 
 @dataclass
-class HeldOut:
-    """Held-out diagnostics of one run (or of the pooled draws of several restarts).
+class HeldOut(HeldOutFit):
+    """Held-out diagnostics of a classifier: lppd, mutual information, plug-in gaps.
 
     Attributes
     ----------
-    name : str
-        The run, or the pooled runs.
-    split : str
-        The evaluation split (e.g. ``"validation"``).
-    num_draws : int
-        S, the posterior draws behind the predictive.
-    pointwise : numpy.ndarray
-        lppd of each example, shape (n,).
     mutual_information : float
         Mean mutual information (nats).
     total_entropy : float
         Mean predictive entropy (nats).
-    plugin : dict of str to float
-        NLL, accuracy and ECE of the plug-in ``mean_probs``.
-    predictive : dict of str to float
-        The same of the posterior predictive.
+
+    The other attributes are :class:`~monteclora_pyro.analysis.fit.HeldOutFit`'s; ``plugin`` and
+    ``predictive`` hold NLL, accuracy and ECE.
     """
 
-    name: str
-    split: str
-    num_draws: int
-    pointwise: NDArray[np.float64]
+    gap_metrics: ClassVar[tuple[str, ...]] = GAP_METRICS
+
     mutual_information: float
     total_entropy: float
-    plugin: dict[str, float]
-    predictive: dict[str, float]
-
-    @property
-    def num_examples(self) -> int:
-        """n, the held-out examples."""
-        return int(self.pointwise.shape[0])
-
-    @property
-    def lppd(self) -> float:
-        """Σ_i log (1/S) Σ_s p(y_i | θ_s) (nats)."""
-        return float(self.pointwise.sum())
-
-    @property
-    def lppd_per_example(self) -> float:
-        """lppd / n, the negative of the predictive NLL."""
-        return float(self.pointwise.mean())
 
     @property
     def mi_share(self) -> float:
@@ -145,32 +119,15 @@ class HeldOut:
             return self.mutual_information / self.total_entropy
         return float("nan")
 
-    def gap(self, metric: str) -> float:
-        """Plug-in minus posterior predictive of ``metric`` (nll, accuracy or ece)."""
-        return self.plugin[metric] - self.predictive[metric]
-
     def row(self) -> dict:
         """A plain table row (JSON-serialisable)."""
-        return {
-            "run": self.name,
-            "split": self.split,
-            "n": self.num_examples,
-            "S": self.num_draws,
-            "lppd": self.lppd,
-            "lppd/n": self.lppd_per_example,
-            "MI": self.mutual_information,
-            "MI share": self.mi_share,
-            **{f"{m} gap": self.gap(m) for m in GAP_METRICS},
-        }
+        return self._row({"MI": self.mutual_information, "MI share": self.mi_share})
 
     def describe(self) -> str:
         """One line for a terminal."""
-        return (
-            f"held-out lppd on {self.split} (n={self.num_examples}, S={self.num_draws}): "
-            f"{self.lppd:.2f} ({self.lppd_per_example:.4f} per example); mean MI "
-            f"{self.mutual_information:.3g} nats = {self.mi_share:.1%} of the predictive "
-            f"entropy; plug-in minus predictive: NLL {self.gap('nll'):+.4f}, accuracy "
-            f"{self.gap('accuracy'):+.4f}, ECE {self.gap('ece'):+.4f}"
+        return self._describe(
+            f"mean MI {self.mutual_information:.3g} nats = {self.mi_share:.1%} of the "
+            "predictive entropy"
         )
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
-from numpy.typing import NDArray
 
 from monteclora_pyro import metrics
+from monteclora_pyro.analysis.fit import HeldOutFit
 from monteclora_pyro.runs import MODES, RegressionPredictions
 
 __all__ = [
@@ -37,46 +38,22 @@ REGRESSION_GAP_METRICS = ("nll", "rmse", "coverage_90")
 
 
 @dataclass
-class RegressionHeldOut:
-    """Held-out diagnostics of a regression run (or of the pooled draws of restarts).
+class RegressionHeldOut(HeldOutFit):
+    """Held-out diagnostics of a regression run: lppd, epistemic variance, plug-in gaps.
+
+    ``pointwise`` is ``log (1/S) Σ_s N(y_i | m_si, 1/τ_si)``; ``plugin`` and ``predictive``
+    hold NLL, RMSE and 90 % interval coverage.
 
     Attributes
     ----------
-    name, split : str
-        The run (or the pooled runs) and the evaluation split.
-    num_draws : int
-        S, the posterior draws behind the predictive.
-    pointwise : numpy.ndarray
-        lppd of each example, ``log (1/S) Σ_s N(y_i | m_si, 1/τ_si)``, shape (n,).
     epistemic_variance, total_variance : float
         Mean variance of the draws' means, and mean predictive variance (label units²).
-    plugin, predictive : dict of str to float
-        NLL, RMSE and 90 % interval coverage of the plug-in and of the posterior predictive.
     """
 
-    name: str
-    split: str
-    num_draws: int
-    pointwise: NDArray[np.float64]
+    gap_metrics: ClassVar[tuple[str, ...]] = REGRESSION_GAP_METRICS
+
     epistemic_variance: float
     total_variance: float
-    plugin: dict[str, float]
-    predictive: dict[str, float]
-
-    @property
-    def num_examples(self) -> int:
-        """n, the held-out examples."""
-        return int(self.pointwise.shape[0])
-
-    @property
-    def lppd(self) -> float:
-        """Σ_i log (1/S) Σ_s N(y_i | m_si, 1/τ_si) (nats)."""
-        return float(self.pointwise.sum())
-
-    @property
-    def lppd_per_example(self) -> float:
-        """lppd / n, the negative of the predictive NLL."""
-        return float(self.pointwise.mean())
 
     @property
     def epistemic_share(self) -> float:
@@ -85,32 +62,17 @@ class RegressionHeldOut:
             return self.epistemic_variance / self.total_variance
         return float("nan")
 
-    def gap(self, metric: str) -> float:
-        """Plug-in minus posterior predictive of ``metric`` (nll, rmse or coverage_90)."""
-        return self.plugin[metric] - self.predictive[metric]
-
     def row(self) -> dict:
         """A plain table row (JSON-serialisable)."""
-        return {
-            "run": self.name,
-            "split": self.split,
-            "n": self.num_examples,
-            "S": self.num_draws,
-            "lppd": self.lppd,
-            "lppd/n": self.lppd_per_example,
-            "epistemic var": self.epistemic_variance,
-            "epistemic share": self.epistemic_share,
-            **{f"{m} gap": self.gap(m) for m in REGRESSION_GAP_METRICS},
-        }
+        return self._row(
+            {"epistemic var": self.epistemic_variance, "epistemic share": self.epistemic_share}
+        )
 
     def describe(self) -> str:
         """One line for a terminal."""
-        return (
-            f"held-out lppd on {self.split} (n={self.num_examples}, S={self.num_draws}): "
-            f"{self.lppd:.2f} ({self.lppd_per_example:.4f} per example); mean epistemic "
-            f"variance {self.epistemic_variance:.3g} = {self.epistemic_share:.1%} of the "
-            f"predictive variance; plug-in minus predictive: NLL {self.gap('nll'):+.4f}, RMSE "
-            f"{self.gap('rmse'):+.4f}, 90% coverage {self.gap('coverage_90'):+.4f}"
+        return self._describe(
+            f"mean epistemic variance {self.epistemic_variance:.3g} = "
+            f"{self.epistemic_share:.1%} of the predictive variance"
         )
 
 
