@@ -157,3 +157,22 @@ def word_tokenizer(words: list[str]):
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]"
     )
+
+
+def task_words() -> list[str]:
+    """Every word and punctuation mark of the packaged tasks and the plain templates."""
+    words = ["Question", "Answer", "Instruction", "Response", ":"]
+    from tokenizers import pre_tokenizers
+
+    from monteclora_pyro.data import load_task
+
+    splitter = pre_tokenizers.Whitespace()
+    for name in ("mc-commonsense", "tiny-instruct"):
+        for dataset in load_task(name).splits.values():
+            for row in dataset:
+                for text in (
+                    *row.get("choices", ()),
+                    *(v for v in row.values() if isinstance(v, str)),
+                ):
+                    words += [w for w, _ in splitter.pre_tokenize_str(text)]
+    return list(dict.fromkeys(words))

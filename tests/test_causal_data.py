@@ -12,8 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_causal_lm, word_tokenizer
-from tokenizers import pre_tokenizers
+from conftest import task_words, tiny_causal_lm, word_tokenizer
 
 import monteclora_pyro.training.methods as training
 from monteclora_pyro import backbones
@@ -32,21 +31,6 @@ from monteclora_pyro.training import (
     token_metrics,
     train,
 )
-
-
-def task_words() -> list[str]:
-    """Every word and punctuation mark of the packaged tasks and the plain templates."""
-    words = ["Question", "Answer", "Instruction", "Response", ":"]
-    splitter = pre_tokenizers.Whitespace()
-    for name in ("mc-commonsense", "tiny-instruct"):
-        for dataset in load_task(name).splits.values():
-            for row in dataset:
-                for text in (
-                    *row.get("choices", ()),
-                    *(v for v in row.values() if isinstance(v, str)),
-                ):
-                    words += [w for w, _ in splitter.pre_tokenize_str(text)]
-    return list(dict.fromkeys(words))
 
 
 @pytest.fixture(scope="module")

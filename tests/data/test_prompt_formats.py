@@ -7,8 +7,7 @@ import json
 from collections import Counter
 
 import pytest
-from conftest import word_tokenizer
-from tokenizers import pre_tokenizers
+from conftest import task_words, word_tokenizer
 
 from monteclora_pyro.data import (
     TASKS,
@@ -27,21 +26,6 @@ from monteclora_pyro.data import (
     tokenize_task,
 )
 from monteclora_pyro.models.likelihood import IGNORE_INDEX
-
-
-def task_words() -> list[str]:
-    """Every word and punctuation mark of the packaged tasks and the plain templates."""
-    words = ["Question", "Answer", "Instruction", "Response", ":"]
-    splitter = pre_tokenizers.Whitespace()
-    for name in ("mc-commonsense", "tiny-instruct"):
-        for dataset in load_task(name).splits.values():
-            for row in dataset:
-                for text in (
-                    *row.get("choices", ()),
-                    *(v for v in row.values() if isinstance(v, str)),
-                ):
-                    words += [w for w, _ in splitter.pre_tokenize_str(text)]
-    return list(dict.fromkeys(words))
 
 
 @pytest.fixture(scope="module")
