@@ -1,4 +1,4 @@
-"""The ``monteclora`` command: train, evaluate, export, analyze, sweep, sweep-report and demo."""
+"""The ``monteclora`` command: train, sweep, evaluate, export, ensemble, calibrate and more."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from monteclora_pyro import runs
 from monteclora_pyro.analysis.analyze import RESTARTS_NOTE, analyze_runs
 from monteclora_pyro.analysis.summary import format_summary
+from monteclora_pyro.analysis.tables import format_metrics_table as _format_table
 from monteclora_pyro.analysis.tables import format_table
 from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS, TASKS, resolve_task_spec
@@ -20,6 +21,7 @@ from monteclora_pyro.experiments import sweep
 from monteclora_pyro.experiments.demo import run_demo
 from monteclora_pyro.experiments.ensemble import ENSEMBLE_METHOD, ensemble_runs
 from monteclora_pyro.experiments.results import write_results
+from monteclora_pyro.experiments.temperature import temperature_scale
 from monteclora_pyro.peft_interop import export_peft_adapter
 from monteclora_pyro.training import (
     METHOD_NAMES,
@@ -32,9 +34,6 @@ from monteclora_pyro.training import (
 )
 from monteclora_pyro.training.tracking import REPORT_TO, check_report_to
 
-TABLE_METRICS = ("accuracy", "nll", "ece", "brier")
-TOKEN_TABLE_METRICS = ("nll", "perplexity")  # next-token runs: per response token
-REGRESSION_TABLE_METRICS = ("pearson", "spearman", "rmse", "nll", "coverage_90")
 _MODEL_FLAGS = {f.name for f in dataclasses.fields(MonteCLoRAConfig)}
 
 
@@ -119,6 +118,8 @@ def _train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None
     )
     add("--max-train-examples", type=int, default=None, help="use the first N training examples")
     add("--max-eval-examples", type=int, default=None, help="use the first N evaluation examples")
+    held_out = "a seeded fraction of training held out for `calibrate` (default: %(default)s)"
+    add("--validation-fraction", type=float, default=d.validation_fraction, help=held_out)
     add("--eval-split", default=d.eval_split, help="split to evaluate (default: %(default)s)")
     add(
         "--num-samples",
@@ -214,19 +215,6 @@ def _configs(args: argparse.Namespace) -> tuple[TrainConfig, MonteCLoRAConfig]:
     return TrainConfig(**train_kwargs), preset(**model_kwargs)
 
 
-def _format_table(results: dict[str, dict]) -> str:
-    """Both prediction modes of each named ``metrics.json``, one row per name and mode."""
-    first = next(iter(results.values()))[runs.MODES[0]]
-    tables = (TABLE_METRICS, REGRESSION_TABLE_METRICS, TOKEN_TABLE_METRICS)
-    columns = next((c for c in tables if set(c) <= first.keys()), ("nll",))
-    rows = [
-        {"run": name, "mode": mode} | {m: metrics[mode][m] for m in columns}
-        for name, metrics in results.items()
-        for mode in runs.MODES
-    ]
-    return format_table(rows, ["run", "mode", *columns])
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     train_cfg, model_cfg = _configs(args)
     metrics = train(train_cfg, model_cfg, resume=args.resume, progress=not args.quiet)
@@ -297,9 +285,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ensemble(args: argparse.Namespace) -> int:
-    metrics = ensemble_runs(args.run_dirs, args.output_dir)
-    print(_format_table({f"{ENSEMBLE_METHOD} of {len(args.run_dirs)}": metrics}))
+def cmd_post_hoc(args: argparse.Namespace) -> int:  # ensemble, calibrate: a new run directory
+    if args.command == "calibrate":
+        metrics = temperature_scale(args.run_dir, args.output_dir)
+        name = f"temperature {metrics['temperature']:.4g}"
+    else:
+        metrics = ensemble_runs(args.run_dirs, args.output_dir)
+        name = f"{ENSEMBLE_METHOD} of {len(args.run_dirs)}"
+    print(_format_table({name: metrics}))
     print(f"\nrun directory: {args.output_dir}")
     return 0
 
@@ -445,7 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ensemble", help="average finished runs (e.g. seeds) into a deep ensemble")
     p.add_argument("run_dirs", nargs="+", help="finished runs of one task and split")
     p.add_argument("--output-dir", required=True, help="the ensemble's new run directory")
-    p.set_defaults(func=cmd_ensemble)
+    p.set_defaults(func=cmd_post_hoc)
+    p = sub.add_parser("calibrate", help="temperature-scale a run on its carved validation split")
+    p.add_argument("run_dir", help="a finished run trained with --validation-fraction > 0")
+    p.add_argument("--output-dir", required=True, help="the calibrated run's new run directory")
+    p.set_defaults(func=cmd_post_hoc)
 
     p = sub.add_parser("analyze", help="posterior analysis, plots and an HTML report of runs")
     p.add_argument(

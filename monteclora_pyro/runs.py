@@ -4,9 +4,11 @@ A run directory holds ``config.json`` (training and MonteCLoRA configuration), `
 ``history.jsonl`` (one JSON record per training step and per evaluation), ``predictions.npz``
 (labels, plug-in and per-draw class probabilities; for a regression task the plug-in and
 per-draw means and precisions of the Normal predictive), ``posterior_samples.npz`` and
-``prior_samples.npz`` (draws of the hyperprior sites), ``checkpoint.pt``, the adapter files of
-:mod:`monteclora_pyro.io` (or PEFT's ``peft_adapter/``), and ``evaluations/{task}-{split}/``
-with the ``metrics.json`` and ``predictions.npz`` of later evaluations.
+``prior_samples.npz`` (draws of the hyperprior sites), ``checkpoint.pt``,
+``validation_split.json`` (the training indices held out as a validation split), the adapter
+files of :mod:`monteclora_pyro.io` (or PEFT's ``peft_adapter/``), and
+``evaluations/{task}-{split}/`` with the ``metrics.json`` and ``predictions.npz`` of later
+evaluations.
 
 This module depends on numpy and the standard library only, so that the analysis can read runs
 without importing training code. Every write is atomic.
@@ -31,6 +33,8 @@ POSTERIOR_SAMPLES_FILE = "posterior_samples.npz"
 PRIOR_SAMPLES_FILE = "prior_samples.npz"
 CHECKPOINT_FILE = "checkpoint.pt"
 INFERENCE_DATA_FILE = "inference_data.nc"
+VALIDATION_SPLIT_FILE = "validation_split.json"
+VALIDATION_SPLIT = "train-validation"  # the split name of the carved validation evaluation
 EVALUATIONS_DIR = "evaluations"
 MODES = ("posterior_mean", "posterior_predictive")
 
@@ -292,6 +296,20 @@ def history_arrays(run_dir: str | Path) -> dict[str, np.ndarray]:
         key: np.array([float(r.get(key, math.nan)) for r in records], dtype=np.float64)
         for key in keys
     }
+
+
+def write_validation_split(run_dir: str | Path, indices: np.ndarray, num_pool: int) -> None:
+    """Write ``validation_split.json``: the training indices (of ``num_pool``) held out."""
+    data = {"num_pool": int(num_pool), "indices": [int(i) for i in indices]}
+    atomic_write_text(Path(run_dir) / VALIDATION_SPLIT_FILE, _json_text(data))
+
+
+def read_validation_split(run_dir: str | Path) -> np.ndarray | None:
+    """The held-out training indices of a run, or ``None`` when it carved none."""
+    path = Path(run_dir) / VALIDATION_SPLIT_FILE
+    if not path.is_file():
+        return None
+    return np.asarray(json.loads(path.read_text())["indices"], dtype=np.int64)
 
 
 def evaluation_dir(run_dir: str | Path, task: str, split: str) -> Path:

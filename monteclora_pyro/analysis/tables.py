@@ -7,7 +7,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["format_table", "format_value"]
+from monteclora_pyro.runs import MODES
+
+__all__ = ["format_metrics_table", "format_table", "format_value"]
+
+TABLE_METRICS = ("accuracy", "nll", "ece", "brier")
+TOKEN_TABLE_METRICS = ("nll", "perplexity")  # next-token runs: per response token
+REGRESSION_TABLE_METRICS = ("pearson", "spearman", "rmse", "nll", "coverage_90")
 
 
 def format_value(value, digits: int = 4) -> str:
@@ -86,3 +92,16 @@ def format_table(
     lines += [header, "-" * len(header)]
     lines += [line(r) for r in cells]
     return "\n".join(lines)
+
+
+def format_metrics_table(results: dict[str, dict]) -> str:
+    """Both prediction modes of each named ``metrics.json``, one row per name and mode."""
+    first = next(iter(results.values()))[MODES[0]]
+    tables = (TABLE_METRICS, REGRESSION_TABLE_METRICS, TOKEN_TABLE_METRICS)
+    columns = next((c for c in tables if set(c) <= first.keys()), ("nll",))
+    rows = [
+        {"run": name, "mode": mode} | {m: metrics[mode][m] for m in columns}
+        for name, metrics in results.items()
+        for mode in MODES
+    ]
+    return format_table(rows, ["run", "mode", *columns])

@@ -65,6 +65,12 @@ class TrainConfig:
         Maximum tokens per example.
     max_train_examples, max_eval_examples : int or None
         Keep only the first N examples of the training and evaluation splits.
+    validation_fraction : float
+        In [0, 0.5): carve ``ceil(fraction * n)`` examples, drawn with
+        ``numpy.random.default_rng(seed)``, out of the n training examples (those left by
+        ``max_train_examples``) as a validation split, before training; N is the rest. The run
+        stores the indices and, at the end, its evaluation on them under
+        ``evaluations/{task}-train-validation/`` (for post-hoc calibration). 0: no split.
     eval_split : str
         Split evaluated at every epoch end and at the end.
     num_samples : int
@@ -106,6 +112,7 @@ class TrainConfig:
     max_length: int = 128
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
+    validation_fraction: float = 0.0
     eval_split: str = "validation"
     num_samples: int = 16
     seed: int = 0
@@ -132,6 +139,11 @@ class TrainConfig:
                 fail(name, f"it must be an integer >= {least}, or None")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             fail("seed", "it must be an integer >= 0")
+        fraction = self.validation_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            fail("validation_fraction", "it must be a number in [0, 0.5)")
+        if not 0 <= fraction < 0.5:
+            fail("validation_fraction", "it must lie in [0, 0.5)")
         if not self.lr > 0 or not math.isfinite(self.lr):
             fail("lr", "it must be a finite number > 0")
         warmup = self.kl_warmup_steps

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -211,11 +213,18 @@ def evaluate_run(
     result = evaluate(
         method, likelihood, loader, num_samples or cfg.num_samples, cfg.seed, progress
     )
+    return write_evaluation(run_dir, result, spec, split, cfg.method, len(dataset))
+
+
+def write_evaluation(
+    run_dir: str | Path, result: Evaluation, spec, split: str, method: str, num_examples: int
+) -> dict:
+    """Write an evaluation's files and ``metrics.json`` under ``evaluations/{task}-{split}/``."""
     metrics = {
         "task": spec.name,
         "split": split,
-        "method": cfg.method,
-        "num_examples": len(dataset),
+        "method": method,
+        "num_examples": num_examples,
         "num_samples": result.num_draws,
         **result.metrics(spec.metrics),
     }
@@ -224,6 +233,16 @@ def evaluate_run(
     result.save(out)
     runs.write_metrics(out, metrics)
     return metrics
+
+
+def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The kept and the held-out indices of ``n`` training examples, each sorted.
+
+    ``ceil(fraction * n)`` indices are held out, the first of a permutation drawn with
+    ``numpy.random.default_rng(seed)``: the same seed gives the same split.
+    """
+    held = np.sort(np.random.default_rng(seed).permutation(n)[: math.ceil(fraction * n)])
+    return np.setdiff1d(np.arange(n), held), held
 
 
 def first_examples(dataset, n: int | None):

@@ -22,7 +22,13 @@ from monteclora_pyro.models.likelihood import get_likelihood
 from monteclora_pyro.peft_interop import monteclora_config_from_peft
 from monteclora_pyro.training import convergence, distributed
 from monteclora_pyro.training.config import TrainConfig, resolve_device, save_run_config
-from monteclora_pyro.training.evaluation import Evaluation, evaluate, first_examples
+from monteclora_pyro.training.evaluation import (
+    Evaluation,
+    carve_validation,
+    evaluate,
+    first_examples,
+    write_evaluation,
+)
 from monteclora_pyro.training.methods import METHODS
 from monteclora_pyro.training.tracking import Tracker, make_tracker
 
@@ -96,15 +102,26 @@ class Trainer:
                 f"{model_config.objective!r}"
             )
         self.model_cfg = model_config
+        pool = first_examples(task.splits["train"], config.max_train_examples)
+        kept, self.validation_indices = carve_validation(
+            len(pool), config.validation_fraction, config.seed
+        )
         needed = {
-            "train": first_examples(task.splits["train"], config.max_train_examples),
+            "train": pool,
             "eval": first_examples(task.splits[config.eval_split], config.max_eval_examples),
         }
+        if len(self.validation_indices):  # carved after max_train_examples, before training
+            if not len(kept):
+                raise ValueError(f"validation_fraction leaves no training example of {len(pool)}")
+            needed["train"] = pool.select(kept)
+            needed["validation"] = pool.select(self.validation_indices)
         tokenized = tokenize_task(
             dataclasses.replace(task, splits=needed), self.tokenizer, config.max_length
         )
         self.collator = make_collator(self.tokenizer, self.spec)
         self.train_set, self.eval_set = tokenized["train"], tokenized["eval"]
+        self.validation_set = tokenized.get("validation")
+        self.num_pool = len(pool)
         self.method = METHODS[config.method](
             hf_model,
             model_config,
@@ -167,6 +184,8 @@ class Trainer:
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         runs.start_history(self.run_dir)
+        if self.validation_set is not None:
+            runs.write_validation_split(self.run_dir, self.validation_indices, self.num_pool)
         save_run_config(self.run_dir, self.cfg, self.model_cfg, peft=self.method.config_dict())
 
     def training_state(self) -> dict:
@@ -221,6 +240,7 @@ class Trainer:
             saved = {**state["train_config"], **state["model_config"]}
             for key in ("output_dir", "device", "report_to"):
                 saved[key] = current[key]
+            saved.setdefault("validation_fraction", 0.0)  # written before the option existed
             diffs = _differences(saved, current)
             if diffs:
                 raise ValueError(
@@ -409,7 +429,8 @@ class Trainer:
         ``metrics.json`` holds the task, split, method, ``num_examples`` (evaluated),
         ``num_train_examples`` (N), ``num_samples`` (the draws of the predictive), ``steps``
         and one entry per prediction mode. The evaluation writes what its likelihood keeps
-        (``predictions.npz`` for class probabilities).
+        (``predictions.npz`` for class probabilities). With a carved validation split, the
+        same draws are also evaluated on it, into ``evaluations/{task}-train-validation/``.
         """
         if self.eval_metrics is None:
             self.evaluate()
@@ -418,6 +439,17 @@ class Trainer:
         if self.is_main:
             self.method.save(self.run_dir, self.cfg.num_samples, self.cfg.seed)
             self.evaluation.save(self.run_dir)
+        if self.validation_set is not None:  # the same S draws, on the carved validation split
+            loader = make_loader(
+                self.validation_set, self.collator, self.cfg.batch_size, shuffle=False, seed=0
+            )
+            cfg = self.cfg
+            result = evaluate(
+                self.method, self.likelihood, loader, cfg.num_samples, cfg.seed, self.progress
+            )
+            if self.is_main:
+                split, n = runs.VALIDATION_SPLIT, len(self.validation_set)
+                write_evaluation(self.run_dir, result, self.spec, split, cfg.method, n)
         metrics = {
             "task": self.spec.name,
             "split": self.cfg.eval_split,

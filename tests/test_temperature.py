@@ -1,0 +1,171 @@
+"""A validation split carved from the training set, and temperature scaling fitted on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import monteclora_pyro.training.methods as training
+from monteclora_pyro import MonteCLoRAConfig, metrics, runs
+from monteclora_pyro.cli import main
+from monteclora_pyro.experiments.temperature import TEMPERATURE_METHOD, temperature_scale
+from monteclora_pyro.training import TrainConfig, Trainer, train
+
+
+def _config(toy_assets, out, **overrides) -> TrainConfig:
+    model_dir, data_dir = toy_assets
+    options = {
+        "model": str(model_dir),
+        "task": "sst2",
+        "data_dir": str(data_dir),
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 3e-2,
+        "num_samples": 4,
+        "validation_fraction": 0.25,
+        "output_dir": str(out),
+    }
+    return TrainConfig(**{**options, **overrides})
+
+
+def _rows(dataset) -> list[tuple]:
+    return [(tuple(r["input_ids"]), int(r["labels"])) for r in dataset]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_validation_fraction_is_checked():
+    for bad in (-0.1, 0.5, 0.9, True, "0.1"):
+        with pytest.raises(ValueError, match="validation_fraction"):
+            TrainConfig(validation_fraction=bad)
+    assert TrainConfig().validation_fraction == 0.0
+
+
+def test_the_carved_split_is_seeded_disjoint_and_stored(toy_assets, tmp_path):
+    pool = _rows(Trainer(_config(toy_assets, tmp_path / "all", validation_fraction=0.0)).train_set)
+    assert len(pool) == 128
+    trainer = Trainer(_config(toy_assets, tmp_path / "a"))
+    held = trainer.validation_indices
+    assert len(held) == 32 and len(set(held.tolist())) == 32  # ceil(0.25 * 128)
+    kept, carved = _rows(trainer.train_set), _rows(trainer.validation_set)
+    assert carved == [pool[i] for i in held]
+    assert kept == [pool[i] for i in range(128) if i not in set(held.tolist())]
+    assert trainer.method.model.num_data == 96  # N, the likelihood scale
+    same = Trainer(_config(toy_assets, tmp_path / "b")).validation_indices
+    other = Trainer(_config(toy_assets, tmp_path / "c", seed=1)).validation_indices
+    np.testing.assert_array_equal(same, held)
+    assert not np.array_equal(other, held)
+    # 0.3 of 128 is 38.4: the split rounds up.
+    assert (
+        len(
+            Trainer(_config(toy_assets, tmp_path / "d", validation_fraction=0.3)).validation_indices
+        )
+        == 39
+    )
+
+
+def test_a_killed_and_resumed_run_keeps_its_split(toy_assets, tmp_path, monkeypatch):
+    cfg = _config(toy_assets, tmp_path / "run", checkpoint_every=2)
+    held = Trainer(cfg).validation_indices
+    original = training.elbo_terms
+    calls = {"n": 0}
+
+    def dies_at_step_3(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Interrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "elbo_terms", dies_at_step_3)
+    with pytest.raises(_Interrupt):
+        train(cfg, MonteCLoRAConfig(r=4), progress=False)
+    np.testing.assert_array_equal(runs.read_validation_split(cfg.output_dir), held)
+    monkeypatch.setattr(training, "elbo_terms", original)
+    saved = train(cfg, MonteCLoRAConfig(r=4), resume=True, progress=False)
+    assert saved["steps"] == 6 and saved["num_train_examples"] == 96
+    assert runs.read_metrics(cfg.output_dir)["num_train_examples"] == 96
+    np.testing.assert_array_equal(runs.read_validation_split(cfg.output_dir), held)
+    validation_dir = runs.evaluation_dir(cfg.output_dir, "sst2", runs.VALIDATION_SPLIT)
+    validation = runs.read_predictions(validation_dir)
+    assert validation.draw_probs.shape == (4, 32, 2)
+    assert runs.read_metrics(validation_dir)["num_examples"] == 32
+    labels = np.array([label for _, label in _rows(Trainer(cfg).validation_set)])
+    np.testing.assert_array_equal(validation.labels, labels)
+
+
+def test_a_run_without_the_option_carves_nothing(toy_assets, tmp_path):
+    out = tmp_path / "plain"
+    saved = train(
+        _config(toy_assets, out, validation_fraction=0.0, epochs=1), MonteCLoRAConfig(r=4)
+    )
+    assert saved["num_train_examples"] == 128
+    assert runs.read_validation_split(out) is None and runs.evaluations(out) == {}
+    with pytest.raises(ValueError, match="--validation-fraction"):
+        temperature_scale(out, tmp_path / "t")
+
+
+def _brute_force(probs, labels, grid):
+    """Mean NLL of softmax(log p / T) at each T of ``grid``, written out independently."""
+    logp = np.log(probs.astype(np.float64))
+    values = []
+    for t in grid:
+        z = logp / t
+        log_norm = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+        values.append(-np.mean(z[np.arange(len(labels)), labels] - log_norm))
+    return np.array(values)
+
+
+@pytest.mark.parametrize("method", ["monteclora", "lora"])
+def test_temperature_scaling_lowers_the_validation_nll(toy_assets, tmp_path, capsys, method):
+    run = tmp_path / "run"
+    train(_config(toy_assets, run, method=method), MonteCLoRAConfig(r=4), progress=False)
+    out = tmp_path / "scaled"
+    saved = temperature_scale(run, out)
+    source = runs.read_predictions(run)
+    scaled = runs.read_predictions(out)
+    validation = runs.read_predictions(runs.evaluation_dir(run, "sst2", runs.VALIDATION_SPLIT))
+    val_probs = validation.mean_probs / validation.mean_probs.sum(-1, keepdims=True)
+    before = metrics.nll(val_probs, validation.labels)
+    assert saved["validation_nll_before"] == pytest.approx(before, rel=1e-5)
+    assert saved["validation_nll_after"] < saved["validation_nll_before"] - 1e-4
+    temperature = saved["temperature"]
+    assert temperature > 0 and temperature != pytest.approx(1.0, abs=1e-3)
+    log_grid = np.linspace(np.log(1e-2), np.log(1e2), 4001)
+    nlls = _brute_force(val_probs, validation.labels, np.exp(log_grid))
+    step = log_grid[1] - log_grid[0]
+    assert abs(np.log(temperature) - log_grid[np.argmin(nlls)]) <= step
+    assert saved["validation_nll_after"] <= nlls.min() + 1e-9
+    # T is applied to the plug-in and to every draw, then the draws are averaged.
+    tempered = np.exp(np.log(source.draw_probs.astype(np.float64)) / temperature)
+    tempered /= tempered.sum(-1, keepdims=True)
+    np.testing.assert_allclose(scaled.draw_probs, tempered, rtol=1e-6)
+    assert saved["posterior_predictive"]["nll"] == pytest.approx(
+        metrics.nll(tempered.mean(0), source.labels), rel=1e-6
+    )
+    original = runs.read_metrics(run)
+    modes = ("posterior_mean", "posterior_predictive") if method == "lora" else ("posterior_mean",)
+    for mode in modes:  # argmax is invariant (for the predictive, when the draws agree: lora's)
+        assert saved[mode]["accuracy"] == original[mode]["accuracy"]
+        np.testing.assert_array_equal(
+            scaled.mode_probs(mode).argmax(-1), source.mode_probs(mode).argmax(-1)
+        )
+    assert saved["method"] == TEMPERATURE_METHOD and saved["source_method"] == method
+    assert runs.read_config(out)["train"]["method"] == TEMPERATURE_METHOD
+    assert runs.read_metrics(out) == saved
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        temperature_scale(run, out)
+    via_cli = tmp_path / "cli"
+    assert main(["--quiet", "calibrate", str(run), "--output-dir", str(via_cli)]) == 0
+    assert "temperature" in capsys.readouterr().out
+    assert runs.read_metrics(via_cli)["posterior_predictive"] == saved["posterior_predictive"]
+
+
+def test_temperature_scaling_refuses_a_regression_run(tmp_path):
+    run = tmp_path / "stsb"
+    run.mkdir()
+    runs.write_config(run, {"task": "stsb", "method": "lora"}, {})
+    with pytest.raises(ValueError, match="regression run: temperature scaling calibrates class"):
+        temperature_scale(run, tmp_path / "out")
+    assert main(["--quiet", "calibrate", str(run), "--output-dir", str(tmp_path / "o")]) == 2
