@@ -176,3 +176,21 @@ def task_words() -> list[str]:
                 ):
                     words += [w for w, _ in splitter.pre_tokenize_str(text)]
     return list(dict.fromkeys(words))
+
+
+def toy_config(toy_assets, out, **overrides):
+    """A ``TrainConfig`` on the toy assets: 2 epochs of batches of 32 at lr 3e-2, S = 4."""
+    from monteclora_pyro.training import TrainConfig
+
+    model_dir, data_dir = toy_assets
+    options = {
+        "model": str(model_dir),
+        "task": "sst2",
+        "data_dir": str(data_dir),
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 3e-2,
+        "num_samples": 4,
+        "output_dir": str(out),
+    }
+    return TrainConfig(**{**options, **overrides})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import toy_config
 
 import monteclora_pyro.training.methods as training
 from monteclora_pyro import MonteCLoRAConfig, metrics, runs
@@ -13,19 +14,7 @@ from monteclora_pyro.training import TrainConfig, Trainer, train
 
 
 def _config(toy_assets, out, **overrides) -> TrainConfig:
-    model_dir, data_dir = toy_assets
-    options = {
-        "model": str(model_dir),
-        "task": "sst2",
-        "data_dir": str(data_dir),
-        "epochs": 2,
-        "batch_size": 32,
-        "lr": 3e-2,
-        "num_samples": 4,
-        "validation_fraction": 0.25,
-        "output_dir": str(out),
-    }
-    return TrainConfig(**{**options, **overrides})
+    return toy_config(toy_assets, out, **{"validation_fraction": 0.25, **overrides})
 
 
 def _rows(dataset) -> list[tuple]:

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import toy_config
 
 import monteclora_pyro.training.methods as training
 from monteclora_pyro import LoRAGuide, MonteCLoRAConfig, MonteCLoRAGuide
@@ -34,19 +35,7 @@ RUN_FILES = {
 
 
 def _config(toy_assets, out, **overrides) -> TrainConfig:
-    model_dir, data_dir = toy_assets
-    options = {
-        "model": str(model_dir),
-        "task": "sst2",
-        "data_dir": str(data_dir),
-        "epochs": 6,
-        "batch_size": 16,
-        "lr": 3e-2,
-        "num_samples": 4,
-        "output_dir": str(out),
-    }
-    options.update(overrides)
-    return TrainConfig(**options)
+    return toy_config(toy_assets, out, **{"epochs": 6, "batch_size": 16, **overrides})
 
 
 def _history(run_dir, kind="train"):

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import toy_config
 
 from monteclora_pyro import MonteCLoRAConfig
 from monteclora_pyro.training import TrainConfig, Trainer, train
@@ -21,18 +22,7 @@ from monteclora_pyro.training.convergence import (
 
 
 def _config(toy_assets, out, **overrides) -> TrainConfig:
-    model_dir, data_dir = toy_assets
-    options = {
-        "model": str(model_dir),
-        "task": "sst2",
-        "data_dir": str(data_dir),
-        "epochs": 2,
-        "batch_size": 32,
-        "lr": 3e-2,
-        "num_samples": 3,
-        "output_dir": str(out),
-    }
-    return TrainConfig(**{**options, **overrides})
+    return toy_config(toy_assets, out, **{"num_samples": 3, **overrides})
 
 
 def _records(run_dir, kind):

@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import toy_config
 
 from monteclora_pyro import MonteCLoRAConfig, metrics, runs
 from monteclora_pyro.cli import main
 from monteclora_pyro.experiments.ensemble import ENSEMBLE_METHOD, ensemble_runs
-from monteclora_pyro.training import TrainConfig, Trainer, evaluate_run, train
-
-
-def _config(toy_assets, out, **overrides) -> TrainConfig:
-    model_dir, data_dir = toy_assets
-    options = {
-        "model": str(model_dir),
-        "task": "sst2",
-        "data_dir": str(data_dir),
-        "epochs": 2,
-        "batch_size": 32,
-        "lr": 3e-2,
-        "num_samples": 4,
-        "output_dir": str(out),
-    }
-    return TrainConfig(**{**options, **overrides})
+from monteclora_pyro.training import Trainer, evaluate_run, train
 
 
 def _normalised(probs: np.ndarray) -> np.ndarray:
@@ -33,7 +19,7 @@ def _normalised(probs: np.ndarray) -> np.ndarray:
 
 def test_mc_dropout_draws_differ_and_average_into_the_predictive(toy_assets, tmp_path):
     out = tmp_path / "mc"
-    cfg = _config(toy_assets, out, method="mc-dropout")
+    cfg = toy_config(toy_assets, out, method="mc-dropout")
     saved = train(cfg, MonteCLoRAConfig(r=4, lora_dropout=0.2), progress=False)
     predictions = runs.read_predictions(out)
     draws = predictions.draw_probs
@@ -50,14 +36,14 @@ def test_mc_dropout_draws_differ_and_average_into_the_predictive(toy_assets, tmp
 
 def test_mc_dropout_needs_dropout(toy_assets, tmp_path):
     with pytest.raises(ValueError, match="lora_dropout > 0"):
-        Trainer(_config(toy_assets, tmp_path / "x", method="mc-dropout"), MonteCLoRAConfig(r=4))
+        Trainer(toy_config(toy_assets, tmp_path / "x", method="mc-dropout"), MonteCLoRAConfig(r=4))
 
 
 def test_deep_ensemble_averages_its_members(toy_assets, tmp_path, capsys):
     members = []
     for seed in (0, 1):
         out = tmp_path / f"lora-s{seed}"
-        train(_config(toy_assets, out, method="lora", seed=seed), MonteCLoRAConfig(r=4))
+        train(toy_config(toy_assets, out, method="lora", seed=seed), MonteCLoRAConfig(r=4))
         members.append(out)
     out = tmp_path / "ensemble"
     saved = ensemble_runs(members, out)

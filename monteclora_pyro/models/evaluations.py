@@ -43,15 +43,26 @@ def _normalise(probs: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class ClassEvaluation:
-    """The class probabilities of an evaluation pass (classification, multiple choice)."""
+class PredictionsEvaluation:
+    """An evaluation pass that keeps per-example predictions, saved as ``predictions.npz``."""
 
-    predictions: Predictions
+    predictions: Predictions | RegressionPredictions
 
     @property
     def num_draws(self) -> int:
         """S, the posterior draws (1 for a method without a posterior)."""
         return self.predictions.num_draws
+
+    def save(self, directory) -> None:
+        """Write ``predictions.npz``."""
+        write_predictions(directory, self.predictions)
+
+
+@dataclass
+class ClassEvaluation(PredictionsEvaluation):
+    """The class probabilities of an evaluation pass (classification, multiple choice)."""
+
+    predictions: Predictions
 
     def metrics(self, extra: tuple[str, ...] = ()) -> dict:
         """Accuracy, NLL, ECE (15 equal-width bins), Brier and ``extra`` of both modes."""
@@ -62,10 +73,6 @@ class ClassEvaluation:
             )
             for mode in MODES
         }
-
-    def save(self, directory) -> None:
-        """Write ``predictions.npz``."""
-        write_predictions(directory, self.predictions)
 
     @staticmethod
     def summary(metrics: dict) -> str:
@@ -174,15 +181,13 @@ class TokenAccumulator:
 
 
 @dataclass
-class RegressionEvaluation:
-    """The Normal predictives of an evaluation pass (regression)."""
+class RegressionEvaluation(PredictionsEvaluation):
+    """The Normal predictives of an evaluation pass (regression).
+
+    ``predictions.npz`` holds the labels and the plug-in and per-draw means and precisions.
+    """
 
     predictions: RegressionPredictions
-
-    @property
-    def num_draws(self) -> int:
-        """S, the posterior draws (1 for a method without a posterior)."""
-        return self.predictions.num_draws
 
     def metrics(self, extra: tuple[str, ...] = ()) -> dict:
         """Pearson, Spearman, RMSE, NLL, 90 % interval coverage and width of both modes.
@@ -193,10 +198,6 @@ class RegressionEvaluation:
         """
         p = self.predictions
         return {mode: regression_report(*p.mode_params(mode), p.labels) for mode in MODES}
-
-    def save(self, directory) -> None:
-        """Write ``predictions.npz`` (labels, plug-in and per-draw means and precisions)."""
-        write_predictions(directory, self.predictions)
 
     @staticmethod
     def summary(metrics: dict) -> str:
