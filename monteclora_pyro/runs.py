@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,8 @@ INFERENCE_DATA_FILE = "inference_data.nc"
 VALIDATION_SPLIT_FILE = "validation_split.json"
 VALIDATION_SPLIT = "train-validation"  # the split name of the carved validation evaluation
 EVALUATIONS_DIR = "evaluations"
+EPOCHS_DIR = "epochs"  # the kept epoch-end states and predictions (a checkpoint ensemble)
+EPOCH_STATE_FILE = "state.pt"
 MODES = ("posterior_mean", "posterior_predictive")
 
 
@@ -323,3 +326,24 @@ def evaluations(run_dir: str | Path) -> dict[str, Path]:
     if not root.is_dir():
         return {}
     return {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and has_predictions(d)}
+
+
+def epoch_dir(run_dir: str | Path, epoch: int) -> Path:
+    """Where the state and predictions kept at the end of ``epoch`` (from 1) are written."""
+    return Path(run_dir) / EPOCHS_DIR / f"epoch-{epoch:04d}"
+
+
+def epoch_dirs(run_dir: str | Path) -> list[Path]:
+    """The kept epoch directories of a run that hold predictions, oldest first."""
+    root = Path(run_dir) / EPOCHS_DIR
+    if not root.is_dir():
+        return []
+    return [d for d in sorted(root.glob("epoch-*")) if d.is_dir() and has_predictions(d)]
+
+
+def prune_epoch_dirs(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the last ``keep`` epoch directories of a run."""
+    root = Path(run_dir) / EPOCHS_DIR
+    stale = sorted(root.glob("epoch-*"))[: -keep or None] if root.is_dir() else []
+    for directory in stale:
+        shutil.rmtree(directory)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import toy_config
 
 from monteclora_pyro import MonteCLoRAConfig, metrics, runs
 from monteclora_pyro.cli import main
-from monteclora_pyro.experiments.ensemble import ENSEMBLE_METHOD, ensemble_runs
-from monteclora_pyro.training import Trainer, evaluate_run, train
+from monteclora_pyro.experiments.ensemble import (
+    CHECKPOINT_ENSEMBLE_METHOD,
+    ENSEMBLE_METHOD,
+    checkpoint_ensemble,
+    ensemble_runs,
+)
+from monteclora_pyro.training import Trainer, evaluate_run, load_run, train
 
 
 def _normalised(probs: np.ndarray) -> np.ndarray:
@@ -67,4 +73,51 @@ def test_deep_ensemble_averages_its_members(toy_assets, tmp_path, capsys):
     via_cli = tmp_path / "cli"
     assert main(["--quiet", "ensemble", *map(str, members), "--output-dir", str(via_cli)]) == 0
     assert "deep-ensemble of 2" in capsys.readouterr().out
+    assert runs.read_metrics(via_cli)["posterior_predictive"] == saved["posterior_predictive"]
+
+
+def test_checkpoint_ensemble_averages_the_kept_epochs(toy_assets, tmp_path, capsys):
+    run = tmp_path / "lora"
+    cfg = toy_config(
+        toy_assets, run, method="lora", epochs=3, keep_epoch_checkpoints=2, validation_fraction=0.2
+    )
+    train(cfg, MonteCLoRAConfig(r=4), progress=False)
+    kept = runs.epoch_dirs(run)
+    assert [d.name for d in kept] == ["epoch-0002", "epoch-0003"]  # epoch 1 was pruned
+    # The last kept epoch is the finished run: the same predictions, bit for bit.
+    final, last = runs.read_predictions(run), runs.read_predictions(kept[-1])
+    np.testing.assert_array_equal(final.mean_probs, last.mean_probs)
+    members = [runs.read_predictions(d) for d in kept]
+    assert not np.allclose(members[0].mean_probs, members[1].mean_probs)
+    out = tmp_path / "ckpt"
+    saved = checkpoint_ensemble(run, out)
+    predictions = runs.read_predictions(out)
+    assert saved["method"] == CHECKPOINT_ENSEMBLE_METHOD and saved["epochs"] == [2, 3]
+    for i, member in enumerate(members):
+        np.testing.assert_array_equal(predictions.draw_probs[i], member.predictive_probs)
+    average = np.mean([m.predictive_probs for m in members], axis=0)
+    np.testing.assert_allclose(predictions.predictive_probs, average, rtol=1e-12)
+    # The members' validation predictions are averaged too, for selecting M there.
+    task = saved["task"]
+    held_out = runs.read_predictions(runs.evaluation_dir(out, task, runs.VALIDATION_SPLIT))
+    member_held_out = [
+        runs.read_predictions(runs.evaluation_dir(d, task, runs.VALIDATION_SPLIT)) for d in kept
+    ]
+    expected = np.mean([m.predictive_probs for m in member_held_out], axis=0)
+    np.testing.assert_allclose(held_out.predictive_probs, expected, rtol=1e-12)
+    np.testing.assert_array_equal(held_out.labels.shape, runs.read_validation_split(run).shape)
+    # The kept state is the trained adapter: loading the last one restores the final weights.
+    state = torch.load(kept[-1] / runs.EPOCH_STATE_FILE, weights_only=False)
+    method, _, _ = load_run(run)
+    for key, value in method.state().items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(state[key], value, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="kept 2 epoch"):
+        checkpoint_ensemble(run, tmp_path / "three", members=3)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        checkpoint_ensemble(run, out)
+    via_cli = tmp_path / "cli"
+    argv = ["--quiet", "checkpoint-ensemble", str(run), "--output-dir", str(via_cli)]
+    assert main(argv) == 0
+    assert "checkpoint-ensemble of epochs [2, 3]" in capsys.readouterr().out
     assert runs.read_metrics(via_cli)["posterior_predictive"] == saved["posterior_predictive"]

@@ -111,6 +111,14 @@ def train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
         default=d.checkpoint_every,
         help="steps between checkpoints (default: %(default)s)",
     )
+    add(
+        "--keep-epoch-checkpoints",
+        type=int,
+        default=d.keep_epoch_checkpoints,
+        metavar="M",
+        help="keep the states and predictions of the last M epochs, the members of a "
+        "checkpoint ensemble (default: %(default)s)",
+    )
     add("--output-dir", default=None, help="run directory (default: runs/TASK-METHOD-sSEED)")
     add(
         "--device",

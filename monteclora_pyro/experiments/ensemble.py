@@ -1,10 +1,12 @@
-"""Deep ensembles: M finished runs (e.g. seeds) averaged into an ordinary run directory.
+"""Ensembles: finished runs (deep ensemble) or a run's kept epochs (checkpoint ensemble).
 
 Each member contributes its posterior predictive probabilities (its plug-in probabilities for a
 method without a posterior) as one draw, so the ensemble's ``predictions.npz`` has
 ``draw_probs`` of shape (M, n, C) and every analysis of draws (reliability, uncertainty
 decomposition, OOD scores) applies unchanged; ``mean_probs`` is the average of the members'
-plug-in probabilities.
+plug-in probabilities. When every member holds predictions on its carved validation split, the
+ensemble's are written too (``evaluations/{task}-train-validation/``), so that M and post-hoc
+calibration are selected there.
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ from monteclora_pyro.models.likelihood import ClassEvaluation
 from monteclora_pyro.runs import Predictions
 
 ENSEMBLE_METHOD = "deep-ensemble"
+CHECKPOINT_ENSEMBLE_METHOD = "checkpoint-ensemble"
+
+
+def average(members: list[Predictions]) -> Predictions:
+    """The ensemble of ``members``: one draw per member, plug-in probabilities averaged."""
+    return Predictions(
+        labels=members[0].labels,
+        mean_probs=np.mean([p.mean_probs for p in members], axis=0),
+        draw_probs=np.stack([p.predictive_probs for p in members]),
+    )
 
 
 def ensemble_runs(run_dirs: list[str | Path], output_dir: str | Path) -> dict:
@@ -39,42 +51,97 @@ def ensemble_runs(run_dirs: list[str | Path], output_dir: str | Path) -> dict:
     dirs = [Path(d) for d in run_dirs]
     if len(dirs) < 2:
         raise ValueError(f"an ensemble needs at least two runs, got {len(dirs)}")
-    out = Path(output_dir)
-    if runs.is_run(out):
-        raise FileExistsError(f"{out} already holds a run (nothing was overwritten)")
-    configs = [runs.read_config(d) for d in dirs]
+    _refuse_existing(output_dir)
     members = [runs.read_metrics(d) for d in dirs]
-    predictions = [runs.read_predictions(d) for d in dirs]
     for key in ("task", "split"):
         values = {m[key] for m in members}
         if len(values) > 1:
             raise ValueError(f"the runs differ in {key}: {sorted(values)}")
-    for d, p in zip(dirs, predictions, strict=True):
+    extra = {"members": [str(d) for d in dirs]}
+    extra["member_methods"] = sorted({m["method"] for m in members})
+    return _write(dirs, output_dir, ENSEMBLE_METHOD, dirs[0], extra)
+
+
+def checkpoint_ensemble(
+    run_dir: str | Path, output_dir: str | Path, members: int | None = None
+) -> dict:
+    """Average the last ``members`` kept epochs of one run (all kept ones by default).
+
+    The run must have been trained with ``keep_epoch_checkpoints`` >= 2
+    (``--keep-epoch-checkpoints``).
+
+    Returns
+    -------
+    dict
+        The ensemble's metrics (also written to ``metrics.json``), with the member ``epochs``.
+
+    Raises
+    ------
+    ValueError
+        If the run kept fewer than two epochs, or fewer than ``members``.
+    FileExistsError
+        If ``output_dir`` already holds a run.
+    """
+    run_dir = Path(run_dir)
+    kept = runs.epoch_dirs(run_dir)
+    if members is not None and members < 2:
+        raise ValueError(f"a checkpoint ensemble needs members >= 2, got {members}")
+    wanted = len(kept) if members is None else members
+    if len(kept) < max(wanted, 2):
+        raise ValueError(
+            f"{run_dir} kept {len(kept)} epoch(s), a checkpoint ensemble of {max(wanted, 2)} "
+            "needs as many: train it with --keep-epoch-checkpoints M (M >= 2) and >= M epochs"
+        )
+    _refuse_existing(output_dir)
+    chosen = kept[-wanted:]
+    extra = {"source": str(run_dir), "source_method": runs.read_metrics(run_dir)["method"]}
+    extra["epochs"] = [runs.read_metrics(d)["epoch"] for d in chosen]
+    return _write(chosen, output_dir, CHECKPOINT_ENSEMBLE_METHOD, run_dir, extra)
+
+
+def _refuse_existing(output_dir: str | Path) -> None:
+    if runs.is_run(output_dir):
+        raise FileExistsError(f"{output_dir} already holds a run (nothing was overwritten)")
+
+
+def _write(
+    members: list[Path], output_dir: str | Path, method: str, source: Path, extra: dict
+) -> dict:
+    """Average the predictions held in ``members``; ``source`` is a run they come from."""
+    config, first = runs.read_config(source), runs.read_metrics(source)
+    predictions = [runs.read_predictions(d) for d in members]
+    for d, p in zip(members, predictions, strict=True):
         if not isinstance(p, Predictions):
             raise ValueError(f"{d} holds no class probabilities: ensembles average classifiers")
-    for d, p in zip(dirs[1:], predictions[1:], strict=True):
         if not np.array_equal(p.labels, predictions[0].labels):
-            raise ValueError(f"{d} was evaluated on other examples than {dirs[0]}")
-    ensemble = Predictions(
-        labels=predictions[0].labels,
-        mean_probs=np.mean([p.mean_probs for p in predictions], axis=0),
-        draw_probs=np.stack([p.predictive_probs for p in predictions]),
-    )
-    evaluation = ClassEvaluation(ensemble)
-    first = members[0]
+            raise ValueError(f"{d} was evaluated on other examples than {members[0]}")
+    spec = get_task_spec(first["task"])
+    evaluation = ClassEvaluation(average(predictions))
     metrics = {
         "task": first["task"],
         "split": first["split"],
-        "method": ENSEMBLE_METHOD,
+        "method": method,
         "num_examples": first["num_examples"],
-        "num_samples": len(dirs),
-        "members": [str(d) for d in dirs],
-        "member_methods": sorted({m["method"] for m in members}),
-        **evaluation.metrics(get_task_spec(first["task"]).metrics),
+        "num_samples": len(members),
+        **extra,
+        **evaluation.metrics(spec.metrics),
     }
+    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    train = {**configs[0]["train"], "method": ENSEMBLE_METHOD, "output_dir": str(out)}
-    runs.write_config(out, train, configs[0]["monteclora"])
+    train = {**config["train"], "method": method, "output_dir": str(out)}
+    runs.write_config(out, train, config["monteclora"])
+    validation = [runs.evaluation_dir(d, first["task"], runs.VALIDATION_SPLIT) for d in members]
+    if all(runs.has_predictions(d) for d in validation):
+        held_out = ClassEvaluation(average([runs.read_predictions(d) for d in validation]))
+        directory = runs.evaluation_dir(out, first["task"], runs.VALIDATION_SPLIT)
+        directory.mkdir(parents=True, exist_ok=True)
+        held_out.save(directory)
+        runs.write_metrics(
+            directory,
+            {"task": first["task"], "split": runs.VALIDATION_SPLIT, "method": method}
+            | {"num_examples": len(held_out.predictions.labels), "num_samples": len(members)}
+            | held_out.metrics(spec.metrics),
+        )
     evaluation.save(out)
     runs.write_metrics(out, metrics)
     return metrics

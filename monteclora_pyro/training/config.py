@@ -79,6 +79,10 @@ class TrainConfig:
         Seeds initialisation, data order, noise and evaluation draws.
     checkpoint_every : int
         Steps between checkpoints (one is also written at every epoch end).
+    keep_epoch_checkpoints : int
+        M > 0 keeps, for each of the last M epochs, the method's state at the epoch end and its
+        predictions on the evaluation (and carved validation) split under ``epochs/``: the
+        members of a checkpoint ensemble (``monteclora ensemble --checkpoints``). 0: none.
     output_dir : str
         The run directory.
     device : str
@@ -117,6 +121,7 @@ class TrainConfig:
     num_samples: int = 16
     seed: int = 0
     checkpoint_every: int = 200
+    keep_epoch_checkpoints: int = 0
     output_dir: str = "runs/monteclora"
     device: str = "cpu"
     from_peft: str | None = None
@@ -146,6 +151,9 @@ class TrainConfig:
             fail("validation_fraction", "it must lie in [0, 0.5)")
         if not self.lr > 0 or not math.isfinite(self.lr):
             fail("lr", "it must be a finite number > 0")
+        keep = self.keep_epoch_checkpoints
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+            fail("keep_epoch_checkpoints", "it must be an integer >= 0")
         warmup = self.kl_warmup_steps
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             fail("kl_warmup_steps", "it must be an integer >= 0")

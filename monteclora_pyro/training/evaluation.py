@@ -248,3 +248,29 @@ def carve_validation(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
 def first_examples(dataset, n: int | None):
     """The first ``n`` examples of ``dataset`` (all of them when ``n`` is None)."""
     return dataset if n is None else take_first(dataset, n)
+
+
+def run_datasets(config: TrainConfig, task, tokenizer) -> tuple[dict, np.ndarray, int]:
+    """The tokenized splits of a run: ``train``, ``eval`` and (when carved) ``validation``.
+
+    The validation split is carved (:func:`carve_validation`) from the first
+    ``max_train_examples`` training examples, before training.
+
+    Returns
+    -------
+    tuple
+        The splits by name, the held-out indices and the number of examples carved from.
+    """
+    pool = first_examples(task.splits["train"], config.max_train_examples)
+    kept, held = carve_validation(len(pool), config.validation_fraction, config.seed)
+    needed = {
+        "train": pool,
+        "eval": first_examples(task.splits[config.eval_split], config.max_eval_examples),
+    }
+    if len(held):
+        if not len(kept):
+            raise ValueError(f"validation_fraction leaves no training example of {len(pool)}")
+        needed["train"] = pool.select(kept)
+        needed["validation"] = pool.select(held)
+    splits = tokenize_task(dataclasses.replace(task, splits=needed), tokenizer, config.max_length)
+    return splits, held, len(pool)

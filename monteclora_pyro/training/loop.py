@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from monteclora_pyro import runs
 from monteclora_pyro.backbones import load_backbone
 from monteclora_pyro.config import MonteCLoRAConfig
-from monteclora_pyro.data import load_task, make_collator, make_loader, tokenize_task
+from monteclora_pyro.data import load_task, make_collator, make_loader
 from monteclora_pyro.files import atomic_write
 from monteclora_pyro.models.likelihood import get_likelihood
 from monteclora_pyro.peft_interop import monteclora_config_from_peft
@@ -24,9 +24,8 @@ from monteclora_pyro.training import convergence, distributed
 from monteclora_pyro.training.config import TrainConfig, resolve_device, save_run_config
 from monteclora_pyro.training.evaluation import (
     Evaluation,
-    carve_validation,
     evaluate,
-    first_examples,
+    run_datasets,
     write_evaluation,
 )
 from monteclora_pyro.training.methods import METHODS
@@ -102,26 +101,12 @@ class Trainer:
                 f"{model_config.objective!r}"
             )
         self.model_cfg = model_config
-        pool = first_examples(task.splits["train"], config.max_train_examples)
-        kept, self.validation_indices = carve_validation(
-            len(pool), config.validation_fraction, config.seed
-        )
-        needed = {
-            "train": pool,
-            "eval": first_examples(task.splits[config.eval_split], config.max_eval_examples),
-        }
-        if len(self.validation_indices):  # carved after max_train_examples, before training
-            if not len(kept):
-                raise ValueError(f"validation_fraction leaves no training example of {len(pool)}")
-            needed["train"] = pool.select(kept)
-            needed["validation"] = pool.select(self.validation_indices)
-        tokenized = tokenize_task(
-            dataclasses.replace(task, splits=needed), self.tokenizer, config.max_length
+        tokenized, self.validation_indices, self.num_pool = run_datasets(
+            config, task, self.tokenizer
         )
         self.collator = make_collator(self.tokenizer, self.spec)
         self.train_set, self.eval_set = tokenized["train"], tokenized["eval"]
         self.validation_set = tokenized.get("validation")
-        self.num_pool = len(pool)
         self.method = METHODS[config.method](
             hf_model,
             model_config,
@@ -371,6 +356,8 @@ class Trainer:
                 if self.tracker is not None:
                     self.tracker.log_metrics(metrics, self.step, "eval")
                 self._log_convergence(epoch)
+                if self.cfg.keep_epoch_checkpoints:
+                    self._keep_epoch(epoch)
                 self.save_checkpoint()
             elif self.step % self.cfg.checkpoint_every == 0:
                 self.save_checkpoint()
@@ -423,6 +410,29 @@ class Trainer:
         self.eval_metrics = metrics
         return metrics
 
+    def _write_validation(self, directory: Path) -> None:
+        """Evaluate the same S draws on the carved validation split; write under ``directory``."""
+        cfg, data = self.cfg, self.validation_set
+        loader = make_loader(data, self.collator, cfg.batch_size, shuffle=False, seed=0)
+        result = evaluate(self.method, self.likelihood, loader, cfg.num_samples, cfg.seed)
+        if self.is_main:
+            split = runs.VALIDATION_SPLIT
+            write_evaluation(directory, result, self.spec, split, cfg.method, len(data))
+
+    def _keep_epoch(self, epoch: int) -> None:
+        """Keep the state and predictions of this epoch end (``keep_epoch_checkpoints``)."""
+        directory = runs.epoch_dir(self.run_dir, epoch + 1)
+        if self.validation_set is not None:
+            self._write_validation(directory)
+        if self.is_main:
+            state = self.method.state()
+            atomic_write(directory / runs.EPOCH_STATE_FILE, lambda tmp: torch.save(state, tmp))
+            self.evaluation.save(directory)
+            runs.write_metrics(
+                directory, {"epoch": epoch + 1, "step": self.step, **self.eval_metrics}
+            )
+            runs.prune_epoch_dirs(self.run_dir, self.cfg.keep_epoch_checkpoints)
+
     def finish(self) -> dict:
         """Write the method's artefacts, the metrics and the evaluation's files.
 
@@ -439,17 +449,8 @@ class Trainer:
         if self.is_main:
             self.method.save(self.run_dir, self.cfg.num_samples, self.cfg.seed)
             self.evaluation.save(self.run_dir)
-        if self.validation_set is not None:  # the same S draws, on the carved validation split
-            loader = make_loader(
-                self.validation_set, self.collator, self.cfg.batch_size, shuffle=False, seed=0
-            )
-            cfg = self.cfg
-            result = evaluate(
-                self.method, self.likelihood, loader, cfg.num_samples, cfg.seed, self.progress
-            )
-            if self.is_main:
-                split, n = runs.VALIDATION_SPLIT, len(self.validation_set)
-                write_evaluation(self.run_dir, result, self.spec, split, cfg.method, n)
+        if self.validation_set is not None:
+            self._write_validation(self.run_dir)
         metrics = {
             "task": self.spec.name,
             "split": self.cfg.eval_split,
