@@ -121,3 +121,15 @@ def test_checkpoint_ensemble_averages_the_kept_epochs(toy_assets, tmp_path, caps
     assert main(argv) == 0
     assert "checkpoint-ensemble of epochs [2, 3]" in capsys.readouterr().out
     assert runs.read_metrics(via_cli)["posterior_predictive"] == saved["posterior_predictive"]
+
+
+@pytest.mark.parametrize("method", ["lora", "monteclora"])
+def test_evaluating_only_at_the_end_trains_the_same_run(toy_assets, tmp_path, method):
+    results = {}
+    for every in (True, False):
+        out = tmp_path / f"{method}-{every}"
+        cfg = toy_config(toy_assets, out, method=method, eval_every_epoch=every)
+        results[every] = train(cfg, MonteCLoRAConfig(r=4), progress=False)
+        evals = runs.read_history(out, kind="eval")
+        assert len(evals) == (cfg.epochs if every else 0)
+    assert results[True] == results[False]  # evaluations leave the training streams alone

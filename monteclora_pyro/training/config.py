@@ -73,6 +73,9 @@ class TrainConfig:
         ``evaluations/{task}-train-validation/`` (for post-hoc calibration). 0: no split.
     eval_split : str
         Split evaluated at every epoch end and at the end.
+    eval_every_epoch : bool
+        Evaluate at every epoch end (False: only at the end, unless ``keep_epoch_checkpoints``
+        needs the epoch's predictions).
     num_samples : int
         Posterior draws S for the posterior predictive.
     seed : int
@@ -118,6 +121,7 @@ class TrainConfig:
     max_eval_examples: int | None = None
     validation_fraction: float = 0.0
     eval_split: str = "validation"
+    eval_every_epoch: bool = True
     num_samples: int = 16
     seed: int = 0
     checkpoint_every: int = 200
@@ -151,6 +155,8 @@ class TrainConfig:
             fail("validation_fraction", "it must lie in [0, 0.5)")
         if not self.lr > 0 or not math.isfinite(self.lr):
             fail("lr", "it must be a finite number > 0")
+        if not isinstance(self.eval_every_epoch, bool):
+            fail("eval_every_epoch", "it must be True or False")
         keep = self.keep_epoch_checkpoints
         if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
             fail("keep_epoch_checkpoints", "it must be an integer >= 0")

@@ -350,11 +350,12 @@ class Trainer:
                 refresh=False,
             )
             if self.step % self.steps_per_epoch == 0 or self.step == self.total_steps:
-                metrics = self.evaluate(epoch)
-                self.method.network.train()
-                self._log({"kind": "eval", "step": self.step, "epoch": epoch, **metrics})
-                if self.tracker is not None:
-                    self.tracker.log_metrics(metrics, self.step, "eval")
+                if self.cfg.eval_every_epoch or self.cfg.keep_epoch_checkpoints:
+                    metrics = self.evaluate(epoch)
+                    self.method.network.train()
+                    self._log({"kind": "eval", "step": self.step, "epoch": epoch, **metrics})
+                    if self.tracker is not None:
+                        self.tracker.log_metrics(metrics, self.step, "eval")
                 self._log_convergence(epoch)
                 if self.cfg.keep_epoch_checkpoints:
                     self._keep_epoch(epoch)
