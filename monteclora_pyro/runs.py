@@ -35,6 +35,7 @@ PRIOR_SAMPLES_FILE = "prior_samples.npz"
 CHECKPOINT_FILE = "checkpoint.pt"
 INFERENCE_DATA_FILE = "inference_data.nc"
 VALIDATION_SPLIT_FILE = "validation_split.json"
+TIMING_FILE = "timing.json"  # wall times: kept apart from the reproducible artefacts
 VALIDATION_SPLIT = "train-validation"  # the split name of the carved validation evaluation
 EVALUATIONS_DIR = "evaluations"
 EPOCHS_DIR = "epochs"  # the kept epoch-end states and predictions (a checkpoint ensemble)
@@ -347,3 +348,15 @@ def prune_epoch_dirs(run_dir: str | Path, keep: int) -> None:
     stale = sorted(root.glob("epoch-*"))[: -keep or None] if root.is_dir() else []
     for directory in stale:
         shutil.rmtree(directory)
+
+
+def write_timing(run_dir: str | Path, train_seconds: float, eval_seconds: float | None) -> None:
+    """Write ``timing.json``: the wall time of the training steps and of the final evaluation."""
+    data = {"train_seconds": train_seconds, "eval_seconds": eval_seconds}
+    atomic_write_text(Path(run_dir) / TIMING_FILE, _json_text(data))
+
+
+def read_timing(run_dir: str | Path) -> dict | None:
+    """The wall times written by :func:`write_timing`, or ``None`` when the run has none."""
+    path = Path(run_dir) / TIMING_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

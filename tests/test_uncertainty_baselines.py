@@ -130,6 +130,8 @@ def test_evaluating_only_at_the_end_trains_the_same_run(toy_assets, tmp_path, me
         out = tmp_path / f"{method}-{every}"
         cfg = toy_config(toy_assets, out, method=method, eval_every_epoch=every)
         results[every] = train(cfg, MonteCLoRAConfig(r=4), progress=False)
+        timing = runs.read_timing(out)
+        assert timing["train_seconds"] > 0 and timing["eval_seconds"] > 0
         evals = runs.read_history(out, kind="eval")
         assert len(evals) == (cfg.epochs if every else 0)
     assert results[True] == results[False]  # evaluations leave the training streams alone

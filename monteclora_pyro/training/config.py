@@ -242,3 +242,13 @@ def resolve_device(name: str) -> torch.device:
             f"TrainConfig.device={name!r} is invalid: the Trainer runs on 'cpu', 'cuda' or 'mps'"
         )
     return device
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """``"key: saved -> current"`` for every key whose value differs between two configs."""
+    keys = sorted(set(saved) | set(current))
+    return [
+        f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]

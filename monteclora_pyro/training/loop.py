@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import time
 from pathlib import Path
 
 import pyro
@@ -21,7 +22,12 @@ from monteclora_pyro.files import atomic_write
 from monteclora_pyro.models.likelihood import get_likelihood
 from monteclora_pyro.peft_interop import monteclora_config_from_peft
 from monteclora_pyro.training import convergence, distributed
-from monteclora_pyro.training.config import TrainConfig, resolve_device, save_run_config
+from monteclora_pyro.training.config import (
+    TrainConfig,
+    config_differences,
+    resolve_device,
+    save_run_config,
+)
 from monteclora_pyro.training.evaluation import (
     Evaluation,
     evaluate,
@@ -135,6 +141,8 @@ class Trainer:
         self.window = convergence.Window(self.variational, step=0)  # of the convergence record
         self.evaluation: Evaluation | None = None  # the last evaluation
         self.eval_metrics: dict | None = None  # of the last evaluation
+        self.eval_seconds: float | None = None  # its wall time
+        self.train_seconds = 0.0  # wall time of the training steps, over resumes
         self.tracker: Tracker | None = None  # rank 0, while train() runs
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -185,6 +193,7 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
             "convergence_window": self.window.state(),
+            "train_seconds": self.train_seconds,
         }
 
     def restore_state(self, state: dict, source) -> None:
@@ -196,6 +205,7 @@ class Trainer:
         if state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         window = state.get("convergence_window")
         self.window = (
             convergence.Window.from_state(window)
@@ -226,7 +236,7 @@ class Trainer:
             for key in ("output_dir", "device", "report_to"):
                 saved[key] = current[key]
             saved.setdefault("validation_fraction", 0.0)  # written before the option existed
-            diffs = _differences(saved, current)
+            diffs = config_differences(saved, current)
             if diffs:
                 raise ValueError(
                     f"checkpoint {path} was written with another configuration "
@@ -300,6 +310,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         for epoch, batch in self._batches():
+            started = time.perf_counter()
             if self.cfg.kl_warmup_steps:
                 self.method.set_kl_factor(min(1.0, (self.step + 1) / self.cfg.kl_warmup_steps))
             try:
@@ -341,6 +352,7 @@ class Trainer:
                 "loss": loss.item(),
             }
             record.update({k: v.item() for k, v in terms.items()})
+            self.train_seconds += time.perf_counter() - started
             self._log(record)
             scalars = {f"train/{k}": v for k, v in record.items() if k not in _NOT_SCALARS}
             self._track(scalars | ({"train/guide_lr": lrs[1]} if len(lrs) > 1 else {}), self.step)
@@ -398,6 +410,7 @@ class Trainer:
         loader = make_loader(
             self.eval_set, self.collator, self.cfg.batch_size, shuffle=False, seed=0
         )
+        started = time.perf_counter()
         self.evaluation = evaluate(
             self.method,
             self.likelihood,
@@ -406,6 +419,7 @@ class Trainer:
             self.cfg.seed,
             self.progress,
         )
+        self.eval_seconds = time.perf_counter() - started
         metrics = self.evaluation.metrics(self.spec.metrics)
         logger.info("epoch %s: %s", epoch, self.evaluation.summary(metrics))
         self.eval_metrics = metrics
@@ -464,6 +478,7 @@ class Trainer:
         }
         if self.is_main:
             runs.write_metrics(self.run_dir, metrics)
+            runs.write_timing(self.run_dir, self.train_seconds, self.eval_seconds)
         return metrics
 
 
@@ -482,12 +497,3 @@ def _linear_schedule(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def _differences(saved: dict, current: dict) -> list[str]:
-    keys = sorted(set(saved) | set(current))
-    return [
-        f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
-        for k in keys
-        if saved.get(k) != current.get(k)
-    ]
