@@ -15,7 +15,16 @@ from monteclora_pyro.analysis.summary import format_summary
 from monteclora_pyro.analysis.tables import format_metrics_table as _format_table
 from monteclora_pyro.analysis.tables import format_table
 from monteclora_pyro.cli import post_hoc
-from monteclora_pyro.cli.options import comma_list, configs, train_options
+from monteclora_pyro.cli.options import (
+    GridAxes,
+    comma_list,
+    configs,
+    grid_axes,
+    grid_axis,
+    model_options,
+    train_config,
+    train_options,
+)
 from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS
 from monteclora_pyro.experiments import sweep
 from monteclora_pyro.experiments.demo import run_demo
@@ -40,11 +49,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    base, model_cfg = configs(args)
+    base, axes = train_config(args), grid_axes(args)
     output_dir = Path(args.output_dir or f"runs/sweep-{base.task}")
-    cells = sweep.grid(base, args.methods, args.lrs, args.batch_sizes, args.seeds, output_dir)
+    grid = (args.methods, args.lrs, args.batch_sizes, args.seeds, output_dir, axes)
+    cells = sweep.grid_cells(base, model_options(args), *grid)
     records = sweep.run_sweep(
-        cells, model_cfg, workers=args.workers, backend=args.backend, threads=args.threads
+        cells, workers=args.workers, backend=args.backend, threads=args.threads
     )
     counts = {s: sum(r["status"] == s for r in records) for s in ("finished", "skipped", "failed")}
     summary = sweep.write_summary(output_dir)
@@ -103,7 +113,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"\nMovie reviews ({DEFAULT_TASK}), MiniLM-L6, "
         f"{args.max_train_examples} training examples, {args.epochs} epoch(s):\n"
     )
-    print(_format_table(result.metrics))
+    print(result.table())
     print("\nShifted-domain accuracy (posterior mean / posterior predictive):\n")
     rows = [
         {"run": method}
@@ -177,6 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-sizes", type=comma_list(int), default=[16, 32], help="(default: 16,32)"
     )
     group.add_argument("--seeds", type=comma_list(int), default=[0], help="(default: 0)")
+    group.add_argument(
+        "--grid",
+        type=grid_axis,
+        action=GridAxes,
+        default=None,
+        metavar="FIELD=V1,V2,...",
+        help="one more grid axis over any other TrainConfig or MonteCLoRAConfig field (not "
+        "task or the list-valued ones), e.g. sample_scaler=1e-4,5e-3 or objective=paper,bayes; "
+        "repeatable, cells are the full product. Values take the field's type ('none': None); "
+        "objective=bayes gives its cells the bayes preset, set options overriding it. A method "
+        "that ignores the field (lora with sample_scaler) still runs one cell per value. "
+        "Cell directories end in -FIELDVALUE; the summary has a row per method and values",
+    )
     group.add_argument(
         "--output-dir", default=None, help="sweep directory (default: runs/sweep-TASK)"
     )

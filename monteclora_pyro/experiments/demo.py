@@ -6,7 +6,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from monteclora_pyro import metrics as metric_functions
 from monteclora_pyro import runs
+from monteclora_pyro.analysis.tables import TABLE_METRICS, format_table
 from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS
 from monteclora_pyro.training import TrainConfig, evaluate_run, train
@@ -29,12 +33,31 @@ class DemoResult:
         The run directory of each method.
     seconds : float
         Wall time.
+    mutual_information : dict of str to float
+        Per method, the mean over evaluated examples of the mutual information between the
+        label and the weights under the posterior draws (0 for a method without a posterior).
     """
 
     metrics: dict[str, dict]
     shifted: dict[str, dict[str, dict]]
     run_dirs: dict[str, Path]
     seconds: float
+    mutual_information: dict[str, float]
+
+    def table(self) -> str:
+        """Both prediction modes of each method, with the posterior predictive's MI."""
+        rows = [
+            {"run": method, "mode": mode}
+            | {m: found[mode][m] for m in TABLE_METRICS}
+            | {
+                "mutual_information": self.mutual_information[method]
+                if mode == runs.MODES[1]
+                else None
+            }
+            for method, found in self.metrics.items()
+            for mode in runs.MODES
+        ]
+        return format_table(rows, ["run", "mode", *TABLE_METRICS, "mutual_information"], digits=4)
 
 
 def run_demo(
@@ -69,7 +92,7 @@ def run_demo(
     DemoResult
     """
     start = time.perf_counter()
-    metrics, shifted, run_dirs = {}, {}, {}
+    metrics, shifted, run_dirs, information = {}, {}, {}, {}
     for method in DEMO_METHODS:
         out = Path(output_dir) / method
         cfg = TrainConfig(
@@ -87,6 +110,8 @@ def run_demo(
         resume = (out / runs.CHECKPOINT_FILE).is_file()
         metrics[method] = train(cfg, MonteCLoRAConfig(), resume=resume, progress=progress)
         run_dirs[method] = out
+        draws = runs.read_predictions(out).draw_probs
+        information[method] = float(np.mean(metric_functions.mutual_information(draws)))
         shifted[method] = {
             domain: evaluate_run(
                 out,
@@ -98,4 +123,4 @@ def run_demo(
             )
             for domain in SHIFT_DOMAINS
         }
-    return DemoResult(metrics, shifted, run_dirs, time.perf_counter() - start)
+    return DemoResult(metrics, shifted, run_dirs, time.perf_counter() - start, information)

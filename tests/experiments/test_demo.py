@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from monteclora_pyro import runs
 from monteclora_pyro.cli import main
 from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS
 from monteclora_pyro.experiments import demo
+
+# Two examples; MonteCLoRA's two draws disagree on the first, so its MI there is
+# H(0.5, 0.5) - H(0.9, 0.1) = log 2 + 0.9 log 0.9 + 0.1 log 0.1, and 0 on the second.
+_DISAGREE = np.array([[[0.9, 0.1], [0.5, 0.5]], [[0.1, 0.9], [0.5, 0.5]]])
+DRAWS = {
+    "monteclora": runs.Predictions(np.array([0, 1]), _DISAGREE.mean(0), _DISAGREE),
+    "lora": runs.Predictions(np.array([0, 1]), _DISAGREE[0], _DISAGREE[:1]),
+}
+EXPECTED_MI = (math.log(2) + 0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / 2
 
 
 def _metrics(accuracy: float) -> dict:
@@ -21,6 +34,8 @@ def calls(monkeypatch):
 
     def train(cfg, model_cfg, resume, progress):
         calls.append(("train", cfg.method, cfg.task, resume))
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        runs.write_predictions(cfg.output_dir, DRAWS[cfg.method])
         return _metrics(0.9 if cfg.method == "monteclora" else 0.8)
 
     def evaluate_run(run_dir, task, split, num_samples, max_examples, progress):
@@ -43,11 +58,14 @@ def test_run_demo_trains_both_methods_and_evaluates_every_shifted_domain(calls, 
     assert ("train", "lora", DEFAULT_TASK, True) in calls  # resumes from its checkpoint
     assert ("evaluate", "lora", SHIFT_DOMAINS[0], "test") in calls
     assert result.seconds >= 0
+    assert result.mutual_information["monteclora"] == pytest.approx(EXPECTED_MI, rel=1e-12)
+    assert result.mutual_information["lora"] == 0.0
 
 
 def test_demo_command_prints_both_tables(calls, tmp_path, capsys):
     assert main(["--quiet", "demo", "--output-dir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "posterior_predictive" in printed and "0.9000" in printed
+    assert "mutual_information" in printed and f"{EXPECTED_MI:.4f}" in printed
     assert "0.7000 / 0.7000" in printed and all(d in printed for d in SHIFT_DOMAINS)
     assert f"monteclora: {tmp_path / 'monteclora'}" in printed
