@@ -11,6 +11,7 @@ from monteclora_pyro.experiments.ensemble import (
     checkpoint_ensemble,
     ensemble_runs,
 )
+from monteclora_pyro.experiments.laplace import HESSIANS, PREDICTIVES, SUBSETS, laplace_run
 from monteclora_pyro.experiments.temperature import temperature_scale
 
 
@@ -27,6 +28,22 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_checkpoint_ensemble(args: argparse.Namespace) -> int:
     metrics = checkpoint_ensemble(args.run_dir, args.output_dir, args.members)
     name = f"{CHECKPOINT_ENSEMBLE_METHOD} of epochs {metrics['epochs']}"
+    return _report(name, metrics, args.output_dir)
+
+
+def cmd_laplace(args: argparse.Namespace) -> int:
+    metrics = laplace_run(
+        args.run_dir,
+        args.output_dir,
+        hessian=args.hessian,
+        predictive=args.predictive,
+        num_samples=args.num_samples,
+        subset=args.subset,
+    )
+    name = (
+        f"laplace ({metrics['laplace_subset']}, {args.hessian}, {args.predictive}), "
+        f"prior precision {metrics['prior_precision']:.3g}"
+    )
     return _report(name, metrics, args.output_dir)
 
 
@@ -53,3 +70,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="a finished run trained with --validation-fraction > 0")
     p.add_argument("--output-dir", required=True, help="the calibrated run's new run directory")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("laplace", help="Laplace-LoRA: a Laplace posterior around a lora run")
+    p.add_argument("run_dir", help="a finished lora run trained with --validation-fraction > 0")
+    p.add_argument("--output-dir", required=True, help="the Laplace run's new run directory")
+    p.add_argument(
+        "--hessian", choices=HESSIANS, default="kron", help="the GGN's structure (default: kron)"
+    )
+    p.add_argument(
+        "--predictive",
+        choices=PREDICTIVES,
+        default="glm",
+        help="linearised (glm, the default) or weight-sampling (mc) posterior predictive",
+    )
+    p.add_argument(
+        "--subset",
+        choices=SUBSETS,
+        default="auto",
+        help="the adapter and head, the last layer, or auto: the adapter if laplace-torch can",
+    )
+    p.add_argument("--num-samples", type=int, default=None, help="S draws (default: the run's)")
+    p.set_defaults(func=cmd_laplace)
