@@ -274,3 +274,212 @@ def test_real_ray_tune_runs_the_same_cells_with_the_same_results(toy_assets, tmp
     finally:
         ray.shutdown()
     assert results["ray"] == results["local"]
+
+
+def _parse_sweep(*options):
+    from monteclora_pyro.cli import build_parser
+
+    return build_parser().parse_args(["sweep", "--lrs", "1e-3", *options])
+
+
+def test_grid_option_parses_values_with_the_type_of_the_field():
+    args = _parse_sweep(
+        *("--grid", "sample-scaler=1e-4, 5e-3", "--grid", "objective=paper,bayes"),
+        *("--grid", "max_steps=none,3", "--grid", "r=2", "--grid", "eval_every_epoch=false,true"),
+    )
+    assert args.grid == {
+        "sample_scaler": [1e-4, 5e-3],
+        "objective": ["paper", "bayes"],
+        "max_steps": [None, 3],
+        "r": [2],
+        "eval_every_epoch": [False, True],
+    }
+    assert isinstance(args.grid["r"][0], int) and isinstance(args.grid["max_steps"][1], int)
+    assert _parse_sweep().grid is None
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("samples=2", "unknown field 'samples'; grid fields: checkpoint_every"),
+        ("sample_scaler=small", "sample_scaler: 'small' is not a number"),
+        ("r=2.5", "r: '2.5' is not an integer"),
+        ("guide_lr=fast", "'fast' is not a number or 'none'"),
+        ("r=", "r: the list of values is empty"),
+        ("r=2,2", "repeated values"),
+        ("lr=1e-3", "lr cannot be a grid axis"),
+        ("task=rte", "one sweep per task"),
+        ("target_modules=query", "it takes a list"),
+        ("sample_scaler", "is not FIELD=V1,V2,..."),
+    ],
+)
+def test_grid_option_refuses_unknown_fields_and_bad_values(option, message, capsys):
+    with pytest.raises(SystemExit):
+        _parse_sweep("--grid", option)
+    error = capsys.readouterr().err
+    assert message in error
+    if "unknown field" in message:
+        assert "sample_scaler" in error and "num_samples" in error and "kl_loss_weight" in error
+
+
+def test_grid_option_refuses_a_field_twice(capsys):
+    with pytest.raises(SystemExit):
+        _parse_sweep("--grid", "r=2", "--grid", "r=4")
+    assert "r is given twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--grid", "sample_scaler=1e-4,-1"], "sample_scaler-1: MonteCLoRAConfig.sample_scaler"),
+        (["--grid", "num_samples=2,0"], "num_samples0: TrainConfig.num_samples=0 is invalid"),
+        (["--grid", "objective=paper,bayes"], "method lora runs objective paper only"),
+        (["--r", "2", "--grid", "r=2,4"], "r is both set by --r and a --grid axis"),
+        (["--epochs", "2", "--grid", "epochs=1,3"], "epochs is both set by --epochs"),
+    ],
+)
+def test_sweep_refuses_invalid_cells_before_running_any(options, message, tmp_path, caplog):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--task", "sst2", "--lrs", "1e-3", "--output-dir", str(out), *options]
+    assert main(argv) == 2
+    assert message in caplog.text
+    assert not out.exists()
+
+
+def test_grid_cells_are_the_full_product_with_stable_names(tmp_path):
+    base = TrainConfig(task="sst2")
+    axes = {"sample_scaler": [1e-4, 5e-3], "num_samples": [2, 4]}
+    cells = sweep.grid_cells(
+        base, {"r": 2}, ["lora", "monteclora"], [1e-3], [16], [0], tmp_path, axes
+    )
+    assert len(cells) == 8  # 2 methods × 2 × 2, lora too: it ignores sample_scaler
+    assert [c.train.method for c in cells[:2]] == ["lora", "monteclora"]
+    names = [Path(c.train.output_dir).name for c in cells]
+    assert names[:4] == [
+        "lora-lr0.001-bs16-s0-num_samples2-sample_scaler0.0001",
+        "monteclora-lr0.001-bs16-s0-num_samples2-sample_scaler0.0001",
+        "lora-lr0.001-bs16-s0-num_samples4-sample_scaler0.0001",
+        "monteclora-lr0.001-bs16-s0-num_samples4-sample_scaler0.0001",
+    ]
+    for cell, name in zip(cells, names, strict=True):
+        assert cell.train.output_dir == str(tmp_path.absolute() / name)
+        assert cell.axes == {
+            "sample_scaler": cell.model.sample_scaler,
+            "num_samples": cell.train.num_samples,
+        }
+        assert cell.model.r == 2 and cell.train.lr == 1e-3
+    assert {(c.model.sample_scaler, c.train.num_samples) for c in cells} == {
+        (s, n) for s in (1e-4, 5e-3) for n in (2, 4)
+    }
+    swapped = dict(reversed(axes.items()))  # the order of the axes does not rename cells
+    again = sweep.grid_cells(
+        base, {"r": 2}, ["lora", "monteclora"], [1e-3], [16], [0], tmp_path, swapped
+    )
+    assert sorted(c.train.output_dir for c in again) == sorted(c.train.output_dir for c in cells)
+    assert sweep.cell_name("lora", 1e-3, 16, 0, {"data_dir": "a b/c"}) == (
+        "lora-lr0.001-bs16-s0-data_dira_b_c"
+    )
+    with pytest.raises(ValueError, match="not a grid field"):
+        sweep.grid_cells(base, {}, ["lora"], [1e-3], [16], [0], tmp_path, {"seed": [1]})
+    with pytest.raises(ValueError, match="both a set option and a grid axis"):
+        sweep.grid_cells(base, {"r": 2}, ["lora"], [1e-3], [16], [0], tmp_path, {"r": [4]})
+    with pytest.raises(ValueError, match="the same directory names"):
+        sweep.grid_cells(
+            base, {}, ["lora"], [1e-3], [16], [0], tmp_path, {"jitter": [1e-6, 1.0000001e-6]}
+        )
+
+
+def test_objective_axis_gives_each_cell_its_preset_with_set_options_overriding(tmp_path):
+    base = TrainConfig(task="sst2")
+    axes = {"objective": ["paper", "bayes"]}
+    cells = sweep.grid_cells(
+        base, {"sample_scaler": 2e-3}, ["monteclora"], [1e-3], [16], [0], tmp_path, axes
+    )
+    paper, bayes = (c.model for c in cells)
+    assert paper == MonteCLoRAConfig(sample_scaler=2e-3)
+    assert bayes == MonteCLoRAConfig.bayes(sample_scaler=2e-3)
+    assert (bayes.kl_loss_weight, bayes.cooperative_weight) == (None, 0.0)
+    options = {"kl_loss_weight": 0.5}  # set explicitly: it overrides the bayes preset
+    cells = sweep.grid_cells(base, options, ["monteclora"], [1e-3], [16], [0], tmp_path, axes)
+    assert [(c.model.objective, c.model.kl_loss_weight) for c in cells] == [
+        ("paper", 0.5),
+        ("bayes", 0.5),
+    ]
+    assert cells[1].model.cooperative_weight == 0.0
+
+
+def test_summary_has_a_row_per_method_and_axis_value():
+    records = [
+        {**_record("lora", lr, acc, 0.7, 0.1), "axes": {"sample_scaler": s}}
+        for s, lr, acc in [
+            (5e-3, 1e-4, 0.5),
+            (5e-3, 1e-3, 0.7),
+            (1e-4, 1e-4, 0.6),
+            (1e-4, 1e-3, 0.6),
+        ]
+    ]
+    records.append({**_record("monteclora", 1e-4, 0.8, 0.6, 0.1), "axes": {"sample_scaler": 1e-4}})
+    summary = sweep.summarize(records)
+    assert list(summary) == [
+        "monteclora sample_scaler=0.0001",
+        "lora sample_scaler=0.0001",
+        "lora sample_scaler=0.005",
+    ]
+    entry = summary["lora sample_scaler=0.005"]
+    assert entry["method"] == "lora" and entry["axes"] == {"sample_scaler": 5e-3}
+    assert entry["cells"] == 2 and entry["posterior_mean"]["accuracy"]["spread"] == pytest.approx(
+        0.2
+    )
+    table = sweep.format_summary(summary, "posterior_mean")
+    assert table.splitlines()[0].startswith("| method | sample_scaler | mode | cells |")
+    assert "| lora | 0.005 | posterior_mean | 2 | 0.7000 | 0.6000 | 0.2000 |" in table
+    assert "| monteclora | 0.0001 | posterior_mean | 1 | 0.8000 |" in table
+
+
+def test_sweep_with_a_grid_axis_summarises_resumes_and_reports(toy_assets, tmp_path, capsys):
+    model_dir, data_dir = toy_assets
+    out = tmp_path / "sweep"
+    argv = ["--quiet", "sweep", "--model", str(model_dir), "--data-dir", str(data_dir)]
+    argv += ["--output-dir", str(out), *"--task sst2 --methods lora,monteclora --lrs 3e-2".split()]
+    argv += "--batch-sizes 32 --max-steps 1 --max-eval-examples 16 --num-samples 2 --r 2".split()
+    argv += "--threads 1 --grid sample_scaler=1e-4,5e-3".split()
+    assert main(argv) == 0
+    cells = [
+        f"{method}-lr0.03-bs32-s0-sample_scaler{value}"
+        for method in ("lora", "monteclora")
+        for value in ("0.0001", "0.005")
+    ]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == cells
+    assert "4 run now, 0 already finished" in capsys.readouterr().out
+    scalers = [runs.read_config(out / c)["monteclora"]["sample_scaler"] for c in cells]
+    assert scalers == [1e-4, 5e-3, 1e-4, 5e-3]
+    stamps = [(out / c / runs.METRICS_FILE).stat().st_mtime_ns for c in cells]
+
+    assert main(argv) == 0  # resumed: every cell is finished, nothing is trained again
+    printed = capsys.readouterr().out
+    assert "0 run now, 4 already finished" in printed
+    assert [(out / c / runs.METRICS_FILE).stat().st_mtime_ns for c in cells] == stamps
+
+    data = json.loads((out / "summary.json").read_text())
+    assert list(data["summary"]) == [
+        "monteclora sample_scaler=0.0001",
+        "monteclora sample_scaler=0.005",
+        "lora sample_scaler=0.0001",
+        "lora sample_scaler=0.005",
+    ]
+    assert all(entry["cells"] == 1 for entry in data["summary"].values())
+    by_cell = {r["run_dir"]: r["axes"] for r in data["cells"]}
+    assert by_cell[cells[1]] == {"sample_scaler": 5e-3}
+    mc = runs.read_metrics(out / cells[3])["posterior_mean"]["accuracy"]
+    entry = data["summary"]["monteclora sample_scaler=0.005"]
+    assert entry["posterior_mean"]["accuracy"]["best"] == mc
+    table = (out / "summary.md").read_text()
+    assert table.startswith("| method | sample_scaler | mode | cells |")
+    assert "| lora | 0.005 | posterior_mean | 1 |" in table and "| lora | 0.005 |" in printed
+
+    page = write_results([out], tmp_path / "docs" / "results.md", command="monteclora sweep-report")
+    text = page.read_text()
+    assert "--grid sample_scaler=0.0001,0.005" in text and "--sample-scaler" not in text
+    assert "; sample_scaler 0.0001, 0.005." in text
+    assert "- monteclora sample_scaler=0.005: accuracy" in text
+    assert "| monteclora | 0.0001 | posterior_predictive | 1 |" in text

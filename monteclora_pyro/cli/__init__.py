@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "sweep",
-        help="a learning-rate × batch-size (× seed) grid of runs per method, and its summary",
+        help="a learning-rate × batch-size (× seed, × --grid axes) grid of runs per method, and "
+        "its summary",
     )
     train_options(p, swept=True)
     group = p.add_argument_group("grid")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 from pathlib import Path
 
 from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.data import TASKS, resolve_task_spec
+from monteclora_pyro.experiments.grid import GRID_FIELDS, SWEPT_FIELDS, model_config
 from monteclora_pyro.training import METHOD_NAMES, OPTIMIZERS, TrainConfig
 from monteclora_pyro.training.tracking import REPORT_TO, check_report_to
 
@@ -193,17 +195,23 @@ def optional_float(text: str) -> float | None:
 
 
 def configs(args: argparse.Namespace) -> tuple[TrainConfig, MonteCLoRAConfig]:
+    return train_config(args), model_config(model_options(args))
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The ``TrainConfig`` of the parsed training options (``None`` values left out)."""
     values = vars(args)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     train_kwargs = {k: v for k, v in values.items() if k in train_fields and v is not None}
     if "method" in values:
         task = Path(args.task).name  # a save_to_disk directory: its name
         train_kwargs.setdefault("output_dir", f"runs/{task}-{args.method}-s{args.seed}")
-    model_kwargs = {k: v for k, v in values.items() if k in _MODEL_FLAGS}
-    preset = (
-        MonteCLoRAConfig.bayes if model_kwargs.get("objective") == "bayes" else MonteCLoRAConfig
-    )
-    return TrainConfig(**train_kwargs), preset(**model_kwargs)
+    return TrainConfig(**train_kwargs)
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The MonteCLoRA options set on the command line (unset ones are absent)."""
+    return {k: v for k, v in vars(args).items() if k in _MODEL_FLAGS}
 
 
 def comma_list(kind: type):
@@ -217,3 +225,101 @@ def comma_list(kind: type):
         return values
 
     return parse
+
+
+_TYPES = {
+    **typing.get_type_hints(TrainConfig),
+    **typing.get_type_hints(MonteCLoRAConfig),
+}
+_NOT_AXES = {
+    **dict.fromkeys(SWEPT_FIELDS, "the sweep sets it per cell (--methods, --lrs, ...)"),
+    "task": "a sweep holds one task; run one sweep per task",
+    "target_modules": "it takes a list; set it with --target-modules",
+    "modules_to_save": "it takes a list; set it with --modules-to-save",
+}
+_BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def grid_axis(text: str) -> tuple[str, list]:
+    """Parse ``FIELD=V1,V2,...`` of ``--grid`` with the type of the field.
+
+    ``FIELD`` is a field of ``TrainConfig`` or ``MonteCLoRAConfig`` (``-`` may stand for
+    ``_``); values are int, float, str or bool (``true``/``false``) as the field is, and
+    ``none`` is ``None`` for an optional field.
+
+    Returns
+    -------
+    tuple
+        ``(field, values)``.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        If the field is unknown (listing the grid fields) or cannot be an axis, a value does
+        not parse, or the list is empty or repeats a value.
+    """
+    field, equals, listed = text.partition("=")
+    field = field.strip().replace("-", "_")
+    if not equals:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=V1,V2,...")
+    if field in _NOT_AXES:
+        raise argparse.ArgumentTypeError(f"{field} cannot be a grid axis: {_NOT_AXES[field]}")
+    if field not in GRID_FIELDS:
+        raise argparse.ArgumentTypeError(
+            f"unknown field {field!r}; grid fields: {', '.join(sorted(GRID_FIELDS))}"
+        )
+    values = [_grid_value(field, v.strip()) for v in listed.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"{field}: the list of values is empty")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{field}: repeated values {values}")
+    return field, values
+
+
+def _grid_value(field: str, text: str) -> object:
+    hint = _TYPES[field]
+    optional = type(None) in typing.get_args(hint)
+    (kind,) = [k for k in typing.get_args(hint) or (hint,) if k is not type(None)]
+    if optional and text.lower() == "none":
+        return None
+    try:
+        return _BOOLS[text.lower()] if kind is bool else kind(text)
+    except (KeyError, ValueError):
+        expected = _KINDS[kind] + (" or 'none'" if optional else "")
+        raise argparse.ArgumentTypeError(f"{field}: {text!r} is not {expected}") from None
+
+
+class GridAxes(argparse.Action):
+    """``--grid``, repeatable: ``{field: values}`` in the order given; a field only once."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        field, parsed = values
+        axes = dict(getattr(namespace, self.dest) or {})
+        if field in axes:
+            raise argparse.ArgumentError(
+                self, f"{field} is given twice; give all its values at once: {field}=V1,V2,..."
+            )
+        setattr(namespace, self.dest, axes | {field: parsed})
+
+
+def grid_axes(args: argparse.Namespace) -> dict[str, list]:
+    """The extra axes of ``monteclora sweep``, refusing one that is also set as an option.
+
+    A training option counts as set when its value differs from the ``TrainConfig`` default.
+
+    Raises
+    ------
+    ValueError
+        If a ``--grid`` field is also given as an option.
+    """
+    axes = args.grid or {}
+    values = vars(args)
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for field in axes:
+        set_model = field in _MODEL_FLAGS and field in values
+        set_train = field in defaults and values.get(field) not in (None, defaults[field])
+        if set_model or set_train:
+            flag = "--" + field.replace("_", "-")
+            raise ValueError(f"{field} is both set by {flag} and a --grid axis; give one of them")
+    return axes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import shlex
 import shutil
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import numpy as np
 from monteclora_pyro import runs
 from monteclora_pyro.analysis.tables import format_table
 from monteclora_pyro.config import MonteCLoRAConfig
+from monteclora_pyro.experiments.grid import axis_order, axis_text, group_label
 from monteclora_pyro.experiments.sweep import (
     SWEEP_METRICS,
     SWEEP_PLOT,
@@ -46,26 +48,46 @@ def sweep_command(
     model_cfg: MonteCLoRAConfig,
     grid: dict[str, list],
     sweep_dir: Path,
+    axes: Mapping[str, Sequence] | None = None,
+    varying: Collection[str] = (),
 ) -> str:
-    """The ``monteclora sweep`` command that (re)runs a sweep's cells with their settings."""
+    """The ``monteclora sweep`` command that (re)runs a sweep's cells with their settings.
+
+    Parameters
+    ----------
+    cfg, model_cfg : TrainConfig, MonteCLoRAConfig
+        The configurations of one cell; options are their fields that differ from the
+        defaults, except those of the grid, of ``axes`` and in ``varying``.
+    grid : dict
+        ``{flag: values}`` of the grid's own options (``methods``, ``lrs``, ...).
+    sweep_dir : path-like
+        The sweep directory.
+    axes : mapping, optional
+        The extra axes ``{field: values}``, given as ``--grid field=v1,v2``.
+    varying : collection of str
+        Fields that differ between cells (set by an objective's preset), left out.
+    """
+    axes = axes or {}
     parts = ["monteclora", "sweep", "--task", cfg.task]
+    left_out = {*axes, *varying}
     defaults = TrainConfig()
     for field in dataclasses.fields(TrainConfig):
         value = getattr(cfg, field.name)
-        if field.name not in SWEPT and value != getattr(defaults, field.name):
+        if field.name not in (*SWEPT, *left_out) and value != getattr(defaults, field.name):
             parts += ["--" + field.name.replace("_", "-"), str(value)]
     model_defaults = MonteCLoRAConfig()
     for field in dataclasses.fields(MonteCLoRAConfig):
         value = getattr(model_cfg, field.name)
-        if field.name not in ("target_modules", "modules_to_save") and value != getattr(
-            model_defaults, field.name
-        ):
+        lists = ("target_modules", "modules_to_save")
+        if field.name not in (*lists, *left_out) and value != getattr(model_defaults, field.name):
             parts += ["--" + field.name.replace("_", "-"), str(value)]
     for flag, values in grid.items():
         parts += [
             f"--{flag}",
             ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values),
         ]
+    for field, values in axes.items():
+        parts += ["--grid", f"{field}={','.join(axis_text(v) for v in values)}"]
     parts += ["--output-dir", str(sweep_dir)]
     return shlex.join(parts)
 
@@ -81,6 +103,9 @@ def sweep_section(sweep_dir: str | Path, doc_dir: Path) -> str:
     finished = [sweep_dir / r["run_dir"] for r in records if not r["failed"]]
     first = finished[0] if finished else sweep_dir / records[0]["run_dir"]
     cfg, model_cfg = load_run_config(first)
+    varying = _varying_fields([sweep_dir / r["run_dir"] for r in records])
+    names = list(dict.fromkeys(a for r in records for a in r.get("axes", {})))
+    axes = {a: sorted({r["axes"][a] for r in records}, key=axis_order) for a in names}
     methods = list(summary)
     lrs = sorted({r["lr"] for r in records})
     sizes = sorted({r["batch_size"] for r in records})
@@ -93,19 +118,27 @@ def sweep_section(sweep_dir: str | Path, doc_dir: Path) -> str:
             f"{np.bincount(labels).max() / len(labels):.4f}; "
         )
     counts = ", ".join(f"{m}: {summary[m]['cells']}" for m in methods)
-    settings = ", ".join(f"`{k}={getattr(cfg, k)}`" for k in SETTINGS)
-    grid = {"methods": methods, "lrs": lrs, "batch-sizes": sizes, "seeds": seeds}
-    command = sweep_command(cfg, model_cfg, grid, sweep_dir)
+    settings = ", ".join(f"`{k}={getattr(cfg, k)}`" for k in SETTINGS if k not in varying)
+    shown = {"r": "r", "num_components": "K", "sample_scaler": "sample_scaler"}
+    shown["kl_loss_weight"] = "kl_loss_weight"
+    monteclora = ", ".join(
+        f"`{label}={getattr(model_cfg, field)}`"
+        for field, label in shown.items()
+        if field not in varying
+    )
+    method_names = list(dict.fromkeys(summary[m].get("method", m) for m in methods))
+    grid = {"methods": method_names, "lrs": lrs, "batch-sizes": sizes, "seeds": seeds}
+    command = sweep_command(cfg, model_cfg, grid, sweep_dir, axes, varying)
+    extra = "".join(f"; {a} {', '.join(map(axis_text, v))}" for a, v in axes.items())
     lines = [
         f"## {cfg.task.upper()} ({sweep_dir})",
         "",
         f"Finished cells: {len(records)} ({counts}); learning rates "
         f"{', '.join(f'{lr:g}' for lr in lrs)}; batch sizes "
-        f"{', '.join(map(str, sizes))}; seeds {', '.join(map(str, seeds))}.",
+        f"{', '.join(map(str, sizes))}; seeds {', '.join(map(str, seeds))}{extra}.",
         "",
-        f"Settings shared by every cell: {settings}; MonteCLoRA `r={model_cfg.r}`, "
-        f"`K={model_cfg.num_components}`, `sample_scaler={model_cfg.sample_scaler}`, "
-        f"`kl_loss_weight={model_cfg.kl_loss_weight}`.",
+        f"Settings shared by every cell: {settings}"
+        + (f"; MonteCLoRA {monteclora}." if monteclora else "."),
         "",
         "The cells were run with (running it again skips finished cells):",
         "",
@@ -122,13 +155,16 @@ def sweep_section(sweep_dir: str | Path, doc_dir: Path) -> str:
         format_summary(summary),
         "",
     ]
-    if "lora" in summary:
+    # Each row is compared with the lora row of the same extra-axis values.
+    lora = {m: group_label("lora", summary[m].get("axes")) for m in methods}
+    if "lora" in method_names:
         ratios = []
         for method in methods:
-            if method == "lora":
+            if summary[method].get("method", method) == "lora":
                 continue
             cells = ", ".join(
-                f"{metric} {spread_ratio(summary, method, 'lora', metric, 'posterior_mean'):.2f}"
+                f"{metric} "
+                f"{spread_ratio(summary, method, lora[method], metric, 'posterior_mean'):.2f}"
                 for metric in SWEEP_METRICS
             )
             ratios.append(f"- {method}: {cells}")
@@ -136,9 +172,8 @@ def sweep_section(sweep_dir: str | Path, doc_dir: Path) -> str:
         lines += [*ratios, ""]
     times = {m: summary[m]["seconds_median"] for m in methods if summary[m]["seconds_median"]}
     if times:
-        base = times.get("lora")
         cells = ", ".join(
-            f"{m} {t:.0f} s" + (f" ({t / base:.2f}× lora)" if base else "")
+            f"{m} {t:.0f} s" + (f" ({t / times[lora[m]]:.2f}× lora)" if times.get(lora[m]) else "")
             for m, t in times.items()
         )
         lines += [
@@ -159,6 +194,16 @@ def sweep_section(sweep_dir: str | Path, doc_dir: Path) -> str:
     per_cell = format_table(rows, ["cell", *columns], markdown=True)
     lines += ["<details><summary>Every cell</summary>", "", per_cell, "", "</details>", ""]
     return "\n".join(lines)
+
+
+def _varying_fields(run_dirs: list[Path]) -> set[str]:
+    """Configuration fields whose values differ between the runs."""
+    values: dict[str, set[str]] = {}
+    for run_dir in run_dirs:
+        for config in load_run_config(run_dir):
+            for field in dataclasses.fields(config):
+                values.setdefault(field.name, set()).add(repr(getattr(config, field.name)))
+    return {field for field, seen in values.items() if len(seen) > 1}
 
 
 def _cell_row(record: dict, columns: list[str]) -> dict:

@@ -1,11 +1,14 @@
 """Robustness sweeps: a learning-rate × batch-size (× seed) grid of runs, and its summary.
 
 Each cell of the grid is an ordinary run directory ``OUTPUT/{method}-lr{lr}-bs{bs}-s{seed}``
-written by :func:`monteclora_pyro.training.train`. A cell is finished when its ``metrics.json``
-exists (or, for a run stopped by a non-finite loss, its ``failed.json``), and a sweep started
-again skips finished cells and resumes interrupted ones from their checkpoints. Cells run in
-worker processes on one machine, or as Ray Tune trials (``backend="ray"``); both call
-:func:`run_cell`, so a cell's results do not depend on where it ran.
+written by :func:`monteclora_pyro.training.train`; extra axes over other fields of the
+configurations (:mod:`monteclora_pyro.experiments.grid`) add ``-{field}{value}`` to the name,
+and the summary has one row per method and combination of their values. A cell is finished
+when its ``metrics.json`` exists (or, for a run stopped by a non-finite loss, its
+``failed.json``), and a sweep started again skips finished cells and resumes interrupted ones
+from their checkpoints. Cells run in worker processes on one machine, or as Ray Tune trials
+(``backend="ray"``); both call :func:`run_cell`, so a cell's results do not depend on where
+it ran.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -25,9 +29,19 @@ from monteclora_pyro import runs
 from monteclora_pyro.analysis.plots import plot_sweep
 from monteclora_pyro.analysis.tables import format_table
 from monteclora_pyro.config import MonteCLoRAConfig
-from monteclora_pyro.data import get_task_spec
+from monteclora_pyro.experiments.grid import (
+    Cell,
+    axis_order,
+    axis_text,
+    group_label,
+    refuse_next_token,
+)
+
+# Re-exported: building the grid is part of this module's interface.
+from monteclora_pyro.experiments.grid import cell_name as cell_name
+from monteclora_pyro.experiments.grid import grid as grid
+from monteclora_pyro.experiments.grid import grid_cells as grid_cells
 from monteclora_pyro.files import atomic_write_text
-from monteclora_pyro.models.likelihood import get_likelihood
 from monteclora_pyro.runs import MODES
 from monteclora_pyro.training import (
     METHOD_NAMES,
@@ -50,82 +64,22 @@ SWEEP_PLOT_DPI = 110
 BACKENDS = ("local", "ray")
 
 
-def cell_name(method: str, lr: float, batch_size: int, seed: int) -> str:
-    """The directory name of a grid cell, e.g. ``lora-lr0.0003-bs16-s0``."""
-    return f"{method}-lr{lr:g}-bs{batch_size}-s{seed}"
-
-
-def grid(
-    base: TrainConfig,
-    methods: list[str],
-    lrs: list[float],
-    batch_sizes: list[int],
-    seeds: list[int],
-    output_dir: str | Path,
-) -> list[TrainConfig]:
-    """The training configuration of every cell, learning rate outermost then batch size.
-
-    That order finishes every method of one (seed, learning rate, batch size) before the next,
-    so an interrupted sweep is balanced across methods. Every field other than method, lr,
-    batch size, seed and output directory is taken from ``base``; a local model or data
-    directory is made absolute.
-
-    Raises
-    ------
-    ValueError
-        If a list is empty or repeats a value, a method is unknown, or the task is a
-        next-token task (the summary compares accuracy, NLL and ECE of class probabilities).
-    """
-    _refuse_next_token(base.task)
-    for name, values in (
-        ("methods", methods),
-        ("lrs", lrs),
-        ("batch_sizes", batch_sizes),
-        ("seeds", seeds),
-    ):
-        if not values:
-            raise ValueError(f"the sweep needs at least one value in {name}")
-        if len(set(values)) != len(values):
-            raise ValueError(f"{name} has repeated values: {values}")
-    unknown = [m for m in methods if m not in METHOD_NAMES]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; allowed: {', '.join(METHOD_NAMES)}")
-    root = Path(output_dir).absolute()
-    # Absolute local paths: a Ray trial runs in a working directory of its own.
-    local = {
-        name: str(Path(getattr(base, name)).absolute())
-        for name in ("model", "data_dir")
-        if getattr(base, name) is not None and Path(getattr(base, name)).exists()
-    }
-    return [
-        dataclasses.replace(
-            base,
-            **local,
-            method=method,
-            lr=lr,
-            batch_size=bs,
-            seed=seed,
-            output_dir=str(root / cell_name(method, lr, bs, seed)),
-        )
-        for seed in seeds
-        for lr in lrs
-        for bs in batch_sizes
-        for method in methods
-    ]
-
-
 def is_finished(run_dir: str | Path) -> bool:
     """Whether a cell has its final metrics, or stopped for good on a non-finite loss."""
     run_dir = Path(run_dir)
     return (run_dir / runs.METRICS_FILE).is_file() or (run_dir / FAILED_FILE).is_file()
 
 
-def run_cell(train_cfg: dict, model_cfg: dict, threads: int | None = None) -> dict:
+def run_cell(
+    train_cfg: dict, model_cfg: dict, threads: int | None = None, axes: Sequence[str] = ()
+) -> dict:
     """Train one cell unless it is finished; returns ``{"run_dir", "status", "seconds"}``.
 
-    Takes plain dictionaries so that it can be sent to a worker process or a Ray trial. An
+    Takes plain data so that it can be sent to a worker process or a Ray trial. An
     interrupted cell resumes from its checkpoint. A non-finite loss writes ``failed.json``
-    (the cell counts as diverged) instead of stopping the sweep.
+    (the cell counts as diverged) instead of stopping the sweep. ``sweep_cell.json`` records
+    the time and the names of the extra ``axes``, whose values :func:`collect` reads from
+    the run's ``config.json``.
     """
     import torch
 
@@ -147,13 +101,14 @@ def run_cell(train_cfg: dict, model_cfg: dict, threads: int | None = None) -> di
         status = "failed"
     seconds = time.perf_counter() - start
     record = {"status": status, "seconds": seconds, "threads": torch.get_num_threads()}
+    record["axes"] = list(axes)  # their values are in config.json
     atomic_write_text(run_dir / CELL_FILE, json.dumps(record) + "\n")
     return {"run_dir": str(run_dir), "status": status, "seconds": seconds}
 
 
 def run_sweep(
-    cells: list[TrainConfig],
-    model_cfg: MonteCLoRAConfig,
+    cells: Sequence[Cell | TrainConfig],
+    model_cfg: MonteCLoRAConfig | None = None,
     *,
     workers: int = 1,
     backend: str = "local",
@@ -161,6 +116,7 @@ def run_sweep(
 ) -> list[dict]:
     """Run every unfinished cell; returns one :func:`run_cell` record per cell.
 
+    ``cells`` are :class:`Cell` objects, or training configurations that share ``model_cfg``.
     ``workers`` cells run at once, each with ``threads`` torch threads (default: the CPU
     count divided by ``workers``). ``backend="local"`` uses worker processes (none when
     ``workers == 1``); ``backend="ray"`` submits the cells as Ray Tune trials, each asking
@@ -172,21 +128,24 @@ def run_sweep(
         raise ValueError(f"workers={workers!r} is invalid: it must be an integer >= 1")
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
-    pending = [c for c in cells if not is_finished(c.output_dir)]
+    cells = [c if isinstance(c, Cell) else Cell(c, model_cfg) for c in cells]
+    if any(c.model is None for c in cells):
+        raise ValueError("cells given as TrainConfig need model_cfg")
+    pending = [c for c in cells if not is_finished(c.train.output_dir)]
     done = [
-        {"run_dir": c.output_dir, "status": "skipped", "seconds": 0.0}
+        {"run_dir": c.train.output_dir, "status": "skipped", "seconds": 0.0}
         for c in cells
-        if is_finished(c.output_dir)
+        if is_finished(c.train.output_dir)
     ]
     logger.info("%d of %d cells to run (%d finished)", len(pending), len(cells), len(done))
-    jobs = [(dataclasses.asdict(c), model_cfg.to_dict()) for c in pending]
+    jobs = [(dataclasses.asdict(c.train), c.model.to_dict(), list(c.axes)) for c in pending]
     if backend == "ray":
         return done + _run_ray(jobs, workers, threads)
     if workers == 1:
-        return done + [_logged(run_cell(t, m, threads)) for t, m in jobs]
+        return done + [_logged(run_cell(t, m, threads, a)) for t, m, a in jobs]
     results = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(run_cell, t, m, threads) for t, m in jobs]
+        futures = [pool.submit(run_cell, t, m, threads, a) for t, m, a in jobs]
         for future in as_completed(futures):
             results.append(_logged(future.result()))
     return done + results
@@ -197,7 +156,7 @@ def _logged(record: dict) -> dict:
     return record
 
 
-def _run_ray(jobs: list[tuple[dict, dict]], workers: int, threads: int) -> list[dict]:
+def _run_ray(jobs: list[tuple[dict, dict, list]], workers: int, threads: int) -> list[dict]:
     try:
         from ray import tune
     except ImportError as err:
@@ -207,13 +166,15 @@ def _run_ray(jobs: list[tuple[dict, dict]], workers: int, threads: int) -> list[
         ) from err
 
     def trainable(config: dict) -> dict:
-        return run_cell(config["train"], config["model"], threads)
+        model_cfg, axes = config["model"][Path(config["train"]["output_dir"]).name]
+        return run_cell(config["train"], model_cfg, threads, axes)
 
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": threads}),
         param_space={
-            "train": tune.grid_search([t for t, _ in jobs]),
-            "model": jobs[0][1] if jobs else {},
+            "train": tune.grid_search([t for t, _, _ in jobs]),
+            # Each cell's model configuration and axis names, by its directory name.
+            "model": {Path(t["output_dir"]).name: [m, a] for t, m, a in jobs},
         },
         tune_config=tune.TuneConfig(max_concurrent_trials=workers),
     )
@@ -226,30 +187,21 @@ def _run_ray(jobs: list[tuple[dict, dict]], workers: int, threads: int) -> list[
     return records
 
 
-def _refuse_next_token(task: str, run_dir: Path | None = None) -> None:
-    spec = get_task_spec(task)
-    if not get_likelihood(spec.likelihood).class_probabilities:
-        where = f"{run_dir} is a run of" if run_dir is not None else "sweeps do not run"
-        kind = spec.likelihood.replace("_", "-")
-        raise ValueError(
-            f"{where} the {kind} task {spec.name}: a sweep summarises accuracy, NLL and ECE "
-            f"of class probabilities, which {kind} runs do not have; train {kind} runs "
-            f"one by one with `monteclora train` and compare their {runs.METRICS_FILE}"
-        )
-
-
 def collect(output_dir: str | Path) -> list[dict]:
     """One record per cell directory under ``output_dir``: its settings and final metrics.
 
     Diverged cells (``failed.json``) have ``"failed": True`` and no metrics; unfinished cells
-    are left out. A run of a next-token task is refused (``ValueError``).
+    are left out. A run of a next-token task is refused (``ValueError``). When cells name extra
+    axes (:func:`run_cell`), every record has ``"axes": {field: value}`` over all of them,
+    read from its ``config.json``.
     """
+    found = sorted(d for d in Path(output_dir).iterdir() if runs.is_run(d) and is_finished(d))
+    cell_files = {d: _read_cell_file(d) for d in found}
+    axes = list(dict.fromkeys(a for c in cell_files.values() for a in c.get("axes", ())))
     records = []
-    for run_dir in sorted(Path(output_dir).iterdir()):
-        if not runs.is_run(run_dir) or not is_finished(run_dir):
-            continue
-        cfg, _ = load_run_config(run_dir)
-        _refuse_next_token(cfg.task, run_dir)
+    for run_dir in found:
+        cfg, model_cfg = load_run_config(run_dir)
+        refuse_next_token(cfg.task, run_dir)
         record = {
             "run_dir": run_dir.name,
             "method": cfg.method,
@@ -259,31 +211,42 @@ def collect(output_dir: str | Path) -> list[dict]:
             "seed": cfg.seed,
             "failed": not (run_dir / runs.METRICS_FILE).is_file(),
         }
+        if axes:
+            record["axes"] = {a: getattr(cfg if hasattr(cfg, a) else model_cfg, a) for a in axes}
         if not record["failed"]:
             metrics = runs.read_metrics(run_dir)
             record.update({mode: metrics[mode] for mode in MODES})
-        cell = run_dir / CELL_FILE
-        if cell.is_file():
-            record["seconds"] = json.loads(cell.read_text())["seconds"]
+        if "seconds" in cell_files[run_dir]:
+            record["seconds"] = cell_files[run_dir]["seconds"]
         records.append(record)
     return records
+
+
+def _read_cell_file(run_dir: Path) -> dict:
+    path = run_dir / CELL_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def summarize(records: list[dict]) -> dict:
     """Best, median and spread (max − min) of each metric, per method and prediction mode.
 
-    Best is the maximum accuracy and the minimum NLL and ECE. Diverged cells count in
-    ``failed`` and are left out of the statistics.
+    One group per method and values of the extra axes (records' ``"axes"``), its statistics
+    over learning rates, batch sizes and seeds. Best is the maximum accuracy and the minimum
+    NLL and ECE. Diverged cells count in ``failed`` and are left out of the statistics.
 
     Returns
     -------
     dict
-        ``{method: {"cells": n, "failed": n_failed, "seconds_median": s or None,
-        mode: {metric: {"best", "median", "spread", "min", "max"}}}}``.
+        ``{group_label(method, axes): {"cells": n, "failed": n_failed, "seconds_median": s or
+        None, mode: {metric: {"best", "median", "spread", "min", "max"}}}}``, in method order
+        then axis-value order; with axes, each entry also has ``"method"`` and ``"axes"``.
     """
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["method"], tuple(r.get("axes", {}).items())), []).append(r)
     summary = {}
-    for method in sorted({r["method"] for r in records}, key=_method_order):
-        rows = [r for r in records if r["method"] == method]
+    for method, axes in sorted(groups, key=_group_order):
+        rows = groups[(method, axes)]
         ok = [r for r in rows if not r["failed"]]
         seconds = [r["seconds"] for r in rows if "seconds" in r and not r["failed"]]
         entry = {
@@ -305,7 +268,9 @@ def summarize(records: list[dict]) -> dict:
                     "min": low,
                     "max": high,
                 }
-        summary[method] = entry
+        if axes:
+            entry |= {"method": method, "axes": dict(axes)}
+        summary[group_label(method, dict(axes))] = entry
     return summary
 
 
@@ -313,19 +278,26 @@ def _method_order(method: str) -> tuple[int, str]:
     return (METHOD_NAMES.index(method) if method in METHOD_NAMES else len(METHOD_NAMES), method)
 
 
+def _group_order(group: tuple[str, tuple]) -> tuple:
+    method, axes = group
+    return _method_order(method), tuple(axis_order(v) for _, v in axes)
+
+
 def format_summary(summary: dict, mode: str | None = None) -> str:
-    """The summary as a Markdown table: one row per method and prediction mode."""
+    """The summary as a Markdown table: one row per group (method, axis values) and mode."""
     modes = MODES if mode is None else (mode,)
     stats = ("best", "median", "spread")
-    columns = ["method", "mode", "cells"]
+    axes = list(dict.fromkeys(a for entry in summary.values() for a in entry.get("axes", {})))
+    columns = ["method", *axes, "mode", "cells"]
     columns += [f"{metric} {stat}" for metric in SWEEP_METRICS for stat in stats]
     rows = []
-    for method, entry in summary.items():
+    for key, entry in summary.items():
         cells = f"{entry['cells'] - entry['failed']}"
         if entry["failed"]:
             cells += f" (+{entry['failed']} diverged)"
+        axis_values = {a: axis_text(v) for a, v in entry.get("axes", {}).items()}
         for m in modes:
-            row = {"method": method, "mode": m, "cells": cells}
+            row = {"method": entry.get("method", key), **axis_values, "mode": m, "cells": cells}
             for metric in SWEEP_METRICS:
                 values = entry[m].get(metric, {})
                 row |= {f"{metric} {stat}": values.get(stat) for stat in stats}
@@ -336,7 +308,8 @@ def format_summary(summary: dict, mode: str | None = None) -> str:
 def write_summary(output_dir: str | Path) -> dict:
     """Collect the cells of a sweep; write ``summary.json``, ``summary.md`` and ``sweep.png``.
 
-    The plot is redrawn only when a cell finished after it was last drawn.
+    The plot is redrawn only when a cell finished after it was last drawn; it has one line
+    per summary group.
     """
     output_dir = Path(output_dir)
     records = collect(output_dir)
@@ -357,8 +330,8 @@ def write_summary(output_dir: str | Path) -> dict:
         if path.is_file()
     ]
     if not plot.is_file() or plot.stat().st_mtime <= max(finished):
-        methods = sorted({r["method"] for r in records}, key=_method_order)
-        plot_sweep(records, methods, SWEEP_METRICS).savefig(plot, dpi=SWEEP_PLOT_DPI)
+        labelled = [{**r, "method": group_label(r["method"], r.get("axes"))} for r in records]
+        plot_sweep(labelled, list(summary), SWEEP_METRICS).savefig(plot, dpi=SWEEP_PLOT_DPI)
     return summary
 
 
