@@ -101,10 +101,11 @@ def train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
     add("--validation-fraction", type=float, default=d.validation_fraction, help=held_out)
     add("--eval-split", default=d.eval_split, help="split to evaluate (default: %(default)s)")
     add(
-        "--no-eval-every-epoch",
-        dest="eval_every_epoch",
-        action="store_false",
-        help="evaluate only at the end, not at every epoch end",
+        "--eval-every-epoch",
+        action=argparse.BooleanOptionalAction,
+        default=d.eval_every_epoch,
+        help="evaluate at every epoch end; --no-eval-every-epoch: only at the end "
+        "(default: %(default)s)",
     )
     add(
         "--num-samples",
