@@ -182,6 +182,7 @@ NEXT_TOKEN_FILES = {
     "checkpoint.pt",
     "posterior_samples.npz",
     "prior_samples.npz",
+    "timing.json",
 }
 TOKEN_KEYS = {"nll", "perplexity", "num_tokens"}
 

@@ -31,6 +31,7 @@ RUN_FILES = {
     "history.jsonl",
     "predictions.npz",
     "checkpoint.pt",
+    "timing.json",
 }
 
 

@@ -1,0 +1,225 @@
+"""Does MonteCLoRA's uncertainty pay? The calibration study behind docs/calibration.md.
+
+    python studies/calibration.py --data-dir "$GLUE_DIR" [--tasks sst2,cola,mrpc,rte,movie-reviews]
+        [--methods lora,...] [--workers 2] [--output-dir runs/calibration] [--report-only]
+
+Trains MiniLM-L6 with every method of :data:`TRAINED` on each task (seeds :data:`SEEDS`; LoRA
+on one more, for a deep ensemble of four), derives the post-hoc baselines of :data:`POST_HOC`
+from the LoRA runs, evaluates the movie-review runs on the shifted domains, and writes
+``docs/calibration.md`` with its figures (``studies/calibration_report.py``). Every step is a
+``monteclora`` command, logged to ``OUTPUT_DIR/commands.log``; finished steps are skipped and
+interrupted runs resume from their checkpoints, so the same command continues a study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from monteclora_pyro import runs
+
+logger = logging.getLogger("calibration")
+
+SEEDS = (0, 1, 2)
+ENSEMBLE_SEEDS = (0, 1, 2, 3)  # LoRA's seeds: the deep ensemble of four
+CHECKPOINT_MEMBERS = (2, 3)  # M of the checkpoint ensembles, selected on validation
+SHIFTED = ("tweets", "amazon", "nyt")
+
+
+@dataclass(frozen=True)
+class TaskSetting:
+    """What is trained on a task: its size, sequence length and epochs."""
+
+    max_train_examples: int | None
+    max_length: int
+    epochs: int
+
+
+TASKS = {
+    "sst2": TaskSetting(max_train_examples=2000, max_length=64, epochs=3),
+    "cola": TaskSetting(max_train_examples=None, max_length=48, epochs=3),
+    "mrpc": TaskSetting(max_train_examples=None, max_length=96, epochs=3),
+    "rte": TaskSetting(max_train_examples=None, max_length=128, epochs=3),
+    "movie-reviews": TaskSetting(max_train_examples=2000, max_length=64, epochs=3),
+}
+COMMON = [
+    "--batch-size", "16", "--lr", "1e-3", "--num-samples", "10", "--validation-fraction", "0.1",
+]  # fmt: skip
+TRAINED = {  # name -> the method's own options
+    "lora": ["--method", "lora", "--keep-epoch-checkpoints", str(max(CHECKPOINT_MEMBERS))],
+    "mc-dropout": ["--method", "mc-dropout", "--lora-dropout", "0.1", "--no-eval-every-epoch"],
+    "peft-monteclora": ["--method", "peft-monteclora", "--no-eval-every-epoch"],
+    "paper-1e-4": ["--method", "monteclora", "--sample-scaler", "1e-4", "--no-eval-every-epoch"],
+    "paper-5e-3": ["--method", "monteclora", "--sample-scaler", "5e-3", "--no-eval-every-epoch"],
+    "paper-2e-2": ["--method", "monteclora", "--sample-scaler", "2e-2", "--no-eval-every-epoch"],
+    "bayes": ["--method", "monteclora", "--objective", "bayes", "--no-eval-every-epoch"],
+    "bayes-t0.1": [
+        "--method",
+        "monteclora",
+        "--objective",
+        "bayes",
+        "--kl-loss-weight",
+        "0.1",
+        "--no-eval-every-epoch",
+    ],
+}
+MONTECLORA = ("paper-1e-4", "paper-5e-3", "paper-2e-2", "bayes", "bayes-t0.1")
+POST_HOC = ("temperature", "laplace", "checkpoint-ensemble", "deep-ensemble")
+
+
+def run_dir(root: Path, task: str, name: str, seed: int) -> Path:
+    """Where the run of ``name`` (a trained method or a post-hoc baseline) on a task lives."""
+    return root / task / f"{name}-s{seed}"
+
+
+def seeds_of(name: str) -> tuple[int, ...]:
+    return ENSEMBLE_SEEDS if name == "lora" else SEEDS
+
+
+def train_command(args, task: str, name: str, seed: int) -> list[str]:
+    setting, out = TASKS[task], run_dir(Path(args.output_dir), task, name, seed)
+    command = ["monteclora", "--quiet", "train", "--task", task, "--seed", str(seed)]
+    if args.data_dir is not None:
+        command += ["--data-dir", args.data_dir]
+    if setting.max_train_examples is not None:
+        command += ["--max-train-examples", str(setting.max_train_examples)]
+    command += ["--max-length", str(setting.max_length), "--epochs", str(setting.epochs)]
+    command += [*COMMON, *TRAINED[name], "--output-dir", str(out)]
+    if (out / runs.CHECKPOINT_FILE).is_file():
+        command.append("--resume")
+    return command
+
+
+def post_hoc_commands(root: Path, task: str) -> list[tuple[Path, list[str]]]:
+    """(output run, command) of every post-hoc baseline of a task, from its LoRA runs."""
+    jobs = []
+    for seed in SEEDS:
+        lora = str(run_dir(root, task, "lora", seed))
+        out = run_dir(root, task, "temperature", seed)
+        jobs.append((out, ["monteclora", "calibrate", lora, "--output-dir", str(out)]))
+        out = run_dir(root, task, "laplace", seed)
+        jobs.append((out, ["monteclora", "--quiet", "laplace", lora, "--output-dir", str(out)]))
+        for m in CHECKPOINT_MEMBERS:
+            out = run_dir(root, task, f"checkpoint-ensemble-m{m}", seed)
+            command = ["monteclora", "checkpoint-ensemble", lora, "--members", str(m)]
+            jobs.append((out, [*command, "--output-dir", str(out)]))
+    members = [str(run_dir(root, task, "lora", s)) for s in ENSEMBLE_SEEDS]
+    for left_out, _ in enumerate(ENSEMBLE_SEEDS):  # the four ensembles of three, for an sd
+        out = run_dir(root, task, "deep-ensemble-m3", left_out)
+        three = [m for i, m in enumerate(members) if i != left_out]
+        jobs.append((out, ["monteclora", "ensemble", *three, "--output-dir", str(out)]))
+    out = run_dir(root, task, "deep-ensemble-m4", 0)
+    jobs.append((out, ["monteclora", "ensemble", *members, "--output-dir", str(out)]))
+    return jobs
+
+
+def shifted_commands(args, root: Path, task: str) -> list[tuple[Path, list[str]]]:
+    """Evaluations of the movie-review runs on the shifted domains."""
+    jobs = []
+    for name in args.methods:
+        for seed in seeds_of(name):
+            out = run_dir(root, task, name, seed)
+            for domain in SHIFTED:
+                target = runs.evaluation_dir(out, domain, "test")
+                command = ["monteclora", "--quiet", "evaluate", str(out), "--task", domain]
+                command += ["--split", "test", "--max-eval-examples", "500"]
+                jobs.append((target, command))
+    return jobs
+
+
+class Runner:
+    """Runs ``monteclora`` commands in worker processes and logs each one."""
+
+    def __init__(self, root: Path, threads: int):
+        self.log = root / "commands.log"
+        self.env = os.environ | {
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+
+    def __call__(self, command: list[str]) -> bool:
+        started = time.perf_counter()
+        argv = [sys.executable, "-m", "monteclora_pyro", *command[1:]]
+        result = subprocess.run(argv, env=self.env, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        with self.log.open("a") as log:
+            log.write(f"{shlex.join(command)}  # rc={result.returncode} {seconds:.0f}s\n")
+        if result.returncode != 0:
+            logger.error("failed (%s): %s\n%s", result.returncode, shlex.join(command),
+                         result.stderr[-2000:])  # fmt: skip
+            return False
+        logger.info("done in %.0f s: %s", seconds, shlex.join(command))
+        return True
+
+
+def run_study(args) -> None:
+    root = Path(args.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    runner = Runner(root, args.threads)
+    for task in args.tasks:
+        jobs = [
+            train_command(args, task, name, seed)
+            for seed in ENSEMBLE_SEEDS
+            for name in args.methods
+            if seed in seeds_of(name)
+            and not (run_dir(root, task, name, seed) / runs.METRICS_FILE).is_file()
+        ]
+        logger.info("%s: %d training runs to do", task, len(jobs))
+        with ThreadPoolExecutor(args.workers) as pool:
+            list(pool.map(runner, jobs))
+        post = [
+            (out, command)
+            for out, command in post_hoc_commands(root, task)
+            if not (out / runs.METRICS_FILE).is_file()
+        ]
+        if task == "movie-reviews":
+            post += [
+                (out, command)
+                for out, command in shifted_commands(args, root, task)
+                if not (out / runs.METRICS_FILE).is_file()
+            ]
+        with ThreadPoolExecutor(args.workers) as pool:
+            list(pool.map(runner, [command for _, command in post]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None, help="GLUE in its TSV layout")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="(default: %(default)s)")
+    parser.add_argument(
+        "--methods",
+        default=",".join(TRAINED),
+        help="the trained methods to run, a subset for a partial study (default: %(default)s)",
+    )
+    parser.add_argument("--output-dir", default="runs/calibration")
+    parser.add_argument("--workers", type=int, default=2, help="runs at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--doc", default="docs/calibration.md")
+    parser.add_argument("--report-only", action="store_true", help="only write the report")
+    args = parser.parse_args()
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for kind, wanted, known in (("tasks", args.tasks, TASKS), ("methods", args.methods, TRAINED)):
+        unknown = sorted(set(wanted) - set(known))
+        if unknown:
+            parser.error(f"unknown {kind} {unknown}; the study has {list(known)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if not args.report_only:
+        run_study(args)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from calibration_report import write_report
+
+    write_report(Path(args.output_dir), Path(args.doc), args)
+
+
+if __name__ == "__main__":
+    main()
