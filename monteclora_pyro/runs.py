@@ -343,9 +343,10 @@ def epoch_dirs(run_dir: str | Path) -> list[Path]:
 
 
 def prune_epoch_dirs(run_dir: str | Path, keep: int) -> None:
-    """Delete all but the last ``keep`` epoch directories of a run."""
+    """Delete all but the last ``keep`` epoch directories of a run (all of them for 0)."""
     root = Path(run_dir) / EPOCHS_DIR
-    stale = sorted(root.glob("epoch-*"))[: -keep or None] if root.is_dir() else []
+    found = sorted(root.glob("epoch-*")) if root.is_dir() else []
+    stale = found[: len(found) - keep] if keep else found
     for directory in stale:
         shutil.rmtree(directory)
 

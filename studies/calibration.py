@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -73,6 +74,13 @@ TRAINED = {  # name -> the method's own options
 }
 MONTECLORA = ("paper-1e-4", "paper-5e-3", "paper-2e-2", "bayes", "bayes-t0.1")
 POST_HOC = ("temperature", "laplace", "checkpoint-ensemble", "deep-ensemble")
+POST_HOC_DIRS = (
+    "temperature",
+    "laplace",
+    *(f"checkpoint-ensemble-m{m}" for m in CHECKPOINT_MEMBERS),
+    "deep-ensemble-m3",
+    "deep-ensemble-m4",
+)
 
 
 def run_dir(root: Path, task: str, name: str, seed: int) -> Path:
@@ -93,7 +101,7 @@ def train_command(args, task: str, name: str, seed: int) -> list[str]:
         command += ["--max-train-examples", str(setting.max_train_examples)]
     command += ["--max-length", str(setting.max_length), "--epochs", str(setting.epochs)]
     command += [*COMMON, *TRAINED[name], "--output-dir", str(out)]
-    if (out / runs.CHECKPOINT_FILE).is_file():
+    if runs.is_run(out):  # interrupted: from its checkpoint, or afresh before the first one
         command.append("--resume")
     return command
 
@@ -180,6 +188,7 @@ def run_study(args) -> None:
             (out, command)
             for out, command in post_hoc_commands(root, task)
             if not (out / runs.METRICS_FILE).is_file()
+            and any(out.name.startswith(name) for name in args.post_hoc)
         ]
         if task == "movie-reviews":
             post += [
@@ -187,6 +196,9 @@ def run_study(args) -> None:
                 for out, command in shifted_commands(args, root, task)
                 if not (out / runs.METRICS_FILE).is_file()
             ]
+        for out, _ in post:  # an output cut off before its metrics is redone
+            if runs.is_run(out) and out.name.split("-s")[0] in POST_HOC_DIRS:
+                shutil.rmtree(out)
         with ThreadPoolExecutor(args.workers) as pool:
             list(pool.map(runner, [command for _, command in post]))
 
@@ -200,6 +212,12 @@ def main() -> None:
         default=",".join(TRAINED),
         help="the trained methods to run, a subset for a partial study (default: %(default)s)",
     )
+    parser.add_argument(
+        "--post-hoc",
+        default=",".join(POST_HOC),
+        help="the post-hoc baselines to derive, a subset for a partial study (default: "
+        "%(default)s)",
+    )
     parser.add_argument("--output-dir", default="runs/calibration")
     parser.add_argument("--workers", type=int, default=2, help="runs at once")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -208,7 +226,12 @@ def main() -> None:
     args = parser.parse_args()
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for kind, wanted, known in (("tasks", args.tasks, TASKS), ("methods", args.methods, TRAINED)):
+    args.post_hoc = [m.strip() for m in args.post_hoc.split(",") if m.strip()]
+    for kind, wanted, known in (
+        ("tasks", args.tasks, TASKS),
+        ("methods", args.methods, TRAINED),
+        ("post-hoc baselines", args.post_hoc, POST_HOC),
+    ):
         unknown = sorted(set(wanted) - set(known))
         if unknown:
             parser.error(f"unknown {kind} {unknown}; the study has {list(known)}")

@@ -128,7 +128,7 @@ class TaskResults:
         if members:
             m = int(members.group(1))
             deep = name.startswith("deep")
-            return (m if deep else 1.0), float(m)
+            return (float(m) if deep else 1.0), float(m)
         fits = [self.seconds.get(str(d), math.nan) for d in self.runs_of(name)]
         return 1.0 + float(np.mean(fits)) / lora_train, math.nan
 
@@ -177,7 +177,7 @@ class TaskResults:
             if not math.isnan(nll):
                 table.append({"setting": name, "val_accuracy": accuracy, "val_nll": nll})
         eligible = [r for r in table if r["val_accuracy"] >= floor]
-        chosen = min(eligible or table, key=lambda r: r["val_nll"]) if table else None
+        chosen = min(eligible, key=lambda r: r["val_nll"]) if eligible else None
         for r in table:
             r["eligible"] = r in eligible
             r["chosen"] = r is chosen

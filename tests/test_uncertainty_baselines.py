@@ -135,3 +135,47 @@ def test_evaluating_only_at_the_end_trains_the_same_run(toy_assets, tmp_path, me
         evals = runs.read_history(out, kind="eval")
         assert len(evals) == (cfg.epochs if every else 0)
     assert results[True] == results[False]  # evaluations leave the training streams alone
+
+
+def test_ensembles_average_validation_only_over_the_same_held_out_examples(toy_assets, tmp_path):
+    members = []
+    for seed in (0, 1):
+        out = tmp_path / f"lora-s{seed}"
+        cfg = toy_config(toy_assets, out, method="lora", seed=seed, validation_fraction=0.2)
+        train(cfg, MonteCLoRAConfig(r=4), progress=False)
+        members.append(out)
+    splits = [runs.read_validation_split(m) for m in members]
+    assert not np.array_equal(*splits)  # each seed holds out its own examples
+    saved = ensemble_runs(members, tmp_path / "ensemble")
+    held = runs.evaluation_dir(tmp_path / "ensemble", saved["task"], runs.VALIDATION_SPLIT)
+    assert not held.exists()
+
+
+def test_a_fresh_run_clears_the_epochs_of_an_earlier_one(toy_assets, tmp_path):
+    out = tmp_path / "lora"
+    stale = runs.epoch_dir(out, 9)
+    stale.mkdir(parents=True)
+    (stale / runs.PREDICTIONS_FILE).write_bytes(b"")
+    cfg = toy_config(toy_assets, out, method="lora", keep_epoch_checkpoints=1)
+    train(cfg, MonteCLoRAConfig(r=4), resume=True, progress=False)  # no checkpoint: afresh
+    assert [d.name for d in runs.epoch_dirs(out)] == ["epoch-0002"]
+
+
+def test_a_checkpoint_older_than_the_new_options_resumes(toy_assets, tmp_path):
+    out = tmp_path / "lora"
+    cfg = toy_config(toy_assets, out, method="lora")
+    first = train(cfg, MonteCLoRAConfig(r=4), progress=False)
+    path = out / runs.CHECKPOINT_FILE
+    state = torch.load(path, weights_only=True)
+    for key in ("keep_epoch_checkpoints", "eval_every_epoch"):
+        del state["train_config"][key]  # written before these options existed
+    torch.save(state, path)
+    again = train(cfg, MonteCLoRAConfig(r=4), resume=True, progress=False)
+    assert again == first
+    with pytest.raises(ValueError, match="keep_epoch_checkpoints: 0 -> 2"):
+        train(
+            toy_config(toy_assets, out, method="lora", keep_epoch_checkpoints=2),
+            MonteCLoRAConfig(r=4),
+            resume=True,
+            progress=False,
+        )

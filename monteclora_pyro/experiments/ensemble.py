@@ -4,13 +4,15 @@ Each member contributes its posterior predictive probabilities (its plug-in prob
 method without a posterior) as one draw, so the ensemble's ``predictions.npz`` has
 ``draw_probs`` of shape (M, n, C) and every analysis of draws (reliability, uncertainty
 decomposition, OOD scores) applies unchanged; ``mean_probs`` is the average of the members'
-plug-in probabilities. When every member holds predictions on its carved validation split, the
-ensemble's are written too (``evaluations/{task}-train-validation/``), so that M and post-hoc
-calibration are selected there.
+plug-in probabilities. When every member holds predictions on the same carved validation split
+(the epochs of one run; runs of other seeds hold out other examples), the ensemble's are
+written too (``evaluations/{task}-train-validation/``), so that M and post-hoc calibration are
+selected there.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,8 @@ from monteclora_pyro import runs
 from monteclora_pyro.data import get_task_spec
 from monteclora_pyro.models.likelihood import ClassEvaluation
 from monteclora_pyro.runs import Predictions
+
+logger = logging.getLogger(__name__)
 
 ENSEMBLE_METHOD = "deep-ensemble"
 CHECKPOINT_ENSEMBLE_METHOD = "checkpoint-ensemble"
@@ -59,7 +63,11 @@ def ensemble_runs(run_dirs: list[str | Path], output_dir: str | Path) -> dict:
             raise ValueError(f"the runs differ in {key}: {sorted(values)}")
     extra = {"members": [str(d) for d in dirs]}
     extra["member_methods"] = sorted({m["method"] for m in members})
-    return _write(dirs, output_dir, ENSEMBLE_METHOD, dirs[0], extra)
+    splits = [runs.read_validation_split(d) for d in dirs]
+    same = all(s is not None and np.array_equal(s, splits[0]) for s in splits)
+    if not same:
+        logger.info("the members held out different validation examples: no validation average")
+    return _write(dirs, output_dir, ENSEMBLE_METHOD, dirs[0], extra, validation=same)
 
 
 def checkpoint_ensemble(
@@ -105,9 +113,18 @@ def _refuse_existing(output_dir: str | Path) -> None:
 
 
 def _write(
-    members: list[Path], output_dir: str | Path, method: str, source: Path, extra: dict
+    members: list[Path],
+    output_dir: str | Path,
+    method: str,
+    source: Path,
+    extra: dict,
+    validation: bool = True,
 ) -> dict:
-    """Average the predictions held in ``members``; ``source`` is a run they come from."""
+    """Average the predictions held in ``members``; ``source`` is a run they come from.
+
+    With ``validation``, the members' validation predictions (of the same held-out examples)
+    are averaged too.
+    """
     config, first = runs.read_config(source), runs.read_metrics(source)
     predictions = [runs.read_predictions(d) for d in members]
     for d, p in zip(members, predictions, strict=True):
@@ -130,9 +147,9 @@ def _write(
     out.mkdir(parents=True, exist_ok=True)
     train = {**config["train"], "method": method, "output_dir": str(out)}
     runs.write_config(out, train, config["monteclora"])
-    validation = [runs.evaluation_dir(d, first["task"], runs.VALIDATION_SPLIT) for d in members]
-    if all(runs.has_predictions(d) for d in validation):
-        held_out = ClassEvaluation(average([runs.read_predictions(d) for d in validation]))
+    held = [runs.evaluation_dir(d, first["task"], runs.VALIDATION_SPLIT) for d in members]
+    if validation and all(runs.has_predictions(d) for d in held):
+        held_out = ClassEvaluation(average([runs.read_predictions(d) for d in held]))
         directory = runs.evaluation_dir(out, first["task"], runs.VALIDATION_SPLIT)
         directory.mkdir(parents=True, exist_ok=True)
         held_out.save(directory)

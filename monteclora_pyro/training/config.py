@@ -75,7 +75,8 @@ class TrainConfig:
         Split evaluated at every epoch end and at the end.
     eval_every_epoch : bool
         Evaluate at every epoch end (False: only at the end, unless ``keep_epoch_checkpoints``
-        needs the epoch's predictions).
+        needs the epoch's predictions). It leaves training unchanged, so a resumed run may
+        change it.
     num_samples : int
         Posterior draws S for the posterior predictive.
     seed : int
@@ -85,7 +86,7 @@ class TrainConfig:
     keep_epoch_checkpoints : int
         M > 0 keeps, for each of the last M epochs, the method's state at the epoch end and its
         predictions on the evaluation (and carved validation) split under ``epochs/``: the
-        members of a checkpoint ensemble (``monteclora ensemble --checkpoints``). 0: none.
+        members of a checkpoint ensemble (``monteclora checkpoint-ensemble``). 0: none.
     output_dir : str
         The run directory.
     device : str

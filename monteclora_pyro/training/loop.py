@@ -176,6 +176,7 @@ class Trainer:
                 "another --output-dir (nothing was overwritten)"
             )
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        runs.prune_epoch_dirs(self.run_dir, 0)  # those of an earlier run in this directory
         runs.start_history(self.run_dir)
         if self.validation_set is not None:
             runs.write_validation_split(self.run_dir, self.validation_indices, self.num_pool)
@@ -232,10 +233,10 @@ class Trainer:
             ) from err
         try:
             current = {**dataclasses.asdict(self.cfg), **self.model_cfg.to_dict()}
-            saved = {**state["train_config"], **state["model_config"]}
-            for key in ("output_dir", "device", "report_to"):
-                saved[key] = current[key]
-            saved.setdefault("validation_fraction", 0.0)  # written before the option existed
+            defaults = dataclasses.asdict(TrainConfig())  # of options newer than the checkpoint
+            saved = {**defaults, **state["train_config"], **state["model_config"]}
+            for key in ("output_dir", "device", "report_to", "eval_every_epoch"):
+                saved[key] = current[key]  # free to change on resume
             diffs = config_differences(saved, current)
             if diffs:
                 raise ValueError(
