@@ -25,12 +25,17 @@ def _fail(name: str, value: object, allowed: str) -> None:
     raise ValueError(f"MonteCLoRAConfig.{name}={value!r} is invalid: {allowed}")
 
 
+PRESETS = ("default", "paper", "bayes", "uncertainty")
+
+
 @dataclass
 class MonteCLoRAConfig:
     """Every knob of the MonteCLoRA model and guide.
 
     Field names follow PEFT's ``LoraConfig`` / ``MontecloraConfig`` where the concept is the same.
-    :meth:`paper` gives the paper's settings; :meth:`bayes` the Bayesian objective's defaults.
+    :meth:`paper` gives the paper's settings; :meth:`bayes` the Bayesian objective's defaults;
+    :meth:`uncertainty` the setting the calibration study selected (docs/calibration.md). The
+    class defaults are the paper's objective at PEFT's settings, which LoRA runs share.
 
     Parameters
     ----------
@@ -169,6 +174,19 @@ class MonteCLoRAConfig:
         """The Bayesian objective: the ELBO (temperature 1), no cooperative factor."""
         defaults = {"objective": "bayes", "kl_loss_weight": None, "cooperative_weight": 0.0}
         return cls(**{**defaults, **overrides})
+
+    @classmethod
+    def uncertainty(cls, **overrides) -> MonteCLoRAConfig:
+        """The default for uncertainty work: the Bayesian objective with its KL tempered to
+        T = 0.1, the setting selected on the validation splits of docs/calibration.md."""
+        return cls.bayes(**{"kl_loss_weight": 0.1, **overrides})
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> MonteCLoRAConfig:
+        """The preset :data:`PRESETS` ``name`` (``"default"``: the class defaults)."""
+        if name not in PRESETS:
+            raise ValueError(f"preset={name!r} is invalid: allowed values are {PRESETS}")
+        return (cls if name == "default" else getattr(cls, name))(**overrides)
 
     @property
     def scaling(self) -> float:

@@ -77,3 +77,31 @@ def test_unknown_and_malformed_files(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json is not valid JSON"):
         MonteCLoRAConfig.load(bad)
+
+
+def test_the_uncertainty_preset_is_the_tempered_bayesian_objective():
+    cfg = MonteCLoRAConfig.uncertainty(r=4)
+    assert (cfg.objective, cfg.kl_loss_weight, cfg.cooperative_weight, cfg.r) == (
+        "bayes",
+        0.1,
+        0.0,
+        4,
+    )
+    assert MonteCLoRAConfig.preset("uncertainty", r=4) == cfg
+    assert MonteCLoRAConfig.preset("paper") == MonteCLoRAConfig.paper()
+    assert MonteCLoRAConfig.preset("default") == MonteCLoRAConfig()
+    with pytest.raises(ValueError, match="preset='cold' is invalid"):
+        MonteCLoRAConfig.preset("cold")
+
+
+def test_the_command_line_preset_is_overridden_by_explicit_options():
+    from monteclora_pyro.cli import build_parser
+    from monteclora_pyro.cli.options import configs
+
+    args = build_parser().parse_args(
+        ["train", "--preset", "uncertainty", "--kl-loss-weight", "0.5"]
+    )
+    _, model_cfg = configs(args)
+    assert model_cfg == MonteCLoRAConfig.uncertainty(kl_loss_weight=0.5)
+    _, plain = configs(build_parser().parse_args(["train"]))
+    assert plain == MonteCLoRAConfig()

@@ -7,7 +7,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from monteclora_pyro.config import MonteCLoRAConfig
+from monteclora_pyro.config import PRESETS, MonteCLoRAConfig
 from monteclora_pyro.data import TASKS, resolve_task_spec
 from monteclora_pyro.experiments.grid import GRID_FIELDS, SWEPT_FIELDS, model_config
 from monteclora_pyro.training import METHOD_NAMES, OPTIMIZERS, TrainConfig
@@ -153,6 +153,15 @@ def train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
         "MonteCLoRA model (docs/design.md §6; an unset option takes the default of the "
         "objective: MonteCLoRAConfig.paper() or MonteCLoRAConfig.bayes())"
     )
+    if not swept:
+        group.add_argument(
+            "--preset",
+            default=None,
+            choices=PRESETS,
+            help="start from MonteCLoRAConfig.paper(), .bayes() or .uncertainty() (the "
+            "calibration study's choice, docs/calibration.md); the options below override it "
+            "(default: bayes with --objective bayes, else the class defaults)",
+        )
     paper, bayes = MonteCLoRAConfig.paper(), MonteCLoRAConfig.bayes()
     special = {
         "target_modules": (names, "comma-separated module names (default: the architecture's)"),
@@ -196,7 +205,7 @@ def optional_float(text: str) -> float | None:
 
 
 def configs(args: argparse.Namespace) -> tuple[TrainConfig, MonteCLoRAConfig]:
-    return train_config(args), model_config(model_options(args))
+    return train_config(args), model_config(model_options(args), getattr(args, "preset", None))
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

@@ -16,6 +16,8 @@ from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS
 from monteclora_pyro.training import TrainConfig, evaluate_run, train
 
 DEMO_METHODS = ("monteclora", "lora")
+# MonteCLoRA at the default for uncertainty work; LoRA at the class defaults (the paper's).
+DEMO_CONFIGS = {"monteclora": MonteCLoRAConfig.uncertainty, "lora": MonteCLoRAConfig}
 DEMO_SPLIT = "test"
 
 
@@ -108,7 +110,8 @@ def run_demo(
             lr=lr,
         )
         resume = (out / runs.CHECKPOINT_FILE).is_file()
-        metrics[method] = train(cfg, MonteCLoRAConfig(), resume=resume, progress=progress)
+        model_cfg = DEMO_CONFIGS[method]()
+        metrics[method] = train(cfg, model_cfg, resume=resume, progress=progress)
         run_dirs[method] = out
         draws = runs.read_predictions(out).draw_probs
         information[method] = float(np.mean(metric_functions.mutual_information(draws)))

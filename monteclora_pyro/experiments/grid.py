@@ -79,14 +79,16 @@ def group_label(method: str, axes: Mapping | None = None) -> str:
     return " ".join([method, *(f"{k}={axis_text(v)}" for k, v in (axes or {}).items())])
 
 
-def model_config(options: Mapping) -> MonteCLoRAConfig:
-    """``MonteCLoRAConfig`` of ``options``: the preset of their objective, overridden by them.
+def model_config(options: Mapping, preset: str | None = None) -> MonteCLoRAConfig:
+    """``MonteCLoRAConfig`` of ``options``: a preset, overridden by them.
 
+    The preset is ``preset`` (:meth:`MonteCLoRAConfig.preset`) if given; otherwise
     ``objective="bayes"`` starts from :meth:`MonteCLoRAConfig.bayes`, any other from the
     class defaults.
     """
-    preset = MonteCLoRAConfig.bayes if options.get("objective") == "bayes" else MonteCLoRAConfig
-    return preset(**options)
+    if preset is None:
+        preset = "bayes" if options.get("objective") == "bayes" else "default"
+    return MonteCLoRAConfig.preset(preset, **options)
 
 
 def grid(

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monteclora_pyro import runs
+from monteclora_pyro import MonteCLoRAConfig, runs
 from monteclora_pyro.cli import main
 from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS
 from monteclora_pyro.experiments import demo
@@ -34,6 +34,7 @@ def calls(monkeypatch):
 
     def train(cfg, model_cfg, resume, progress):
         calls.append(("train", cfg.method, cfg.task, resume))
+        calls.append(("config", cfg.method, model_cfg))
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         runs.write_predictions(cfg.output_dir, DRAWS[cfg.method])
         return _metrics(0.9 if cfg.method == "monteclora" else 0.8)
@@ -58,6 +59,9 @@ def test_run_demo_trains_both_methods_and_evaluates_every_shifted_domain(calls, 
     assert ("train", "lora", DEFAULT_TASK, True) in calls  # resumes from its checkpoint
     assert ("evaluate", "lora", SHIFT_DOMAINS[0], "test") in calls
     assert result.seconds >= 0
+    configs = {c[1]: c[2] for c in calls if c[0] == "config"}
+    assert configs["monteclora"] == MonteCLoRAConfig.uncertainty()  # the default for uncertainty
+    assert configs["lora"] == MonteCLoRAConfig()
     assert result.mutual_information["monteclora"] == pytest.approx(EXPECTED_MI, rel=1e-12)
     assert result.mutual_information["lora"] == 0.0
 
