@@ -322,10 +322,11 @@ def ece_accuracy_figure(sections: dict) -> Figure | None:
     fig = Figure(figsize=(5.0 * len(tasks), 4.2), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(tasks)))
     for ax, task in zip(axes, tasks, strict=True):
-        for row in sections[task]["rows"]:
+        for i, row in enumerate(sections[task]["rows"]):
             per_seed = row["_per_seed"]
-            ax.scatter([s["accuracy"] for s in per_seed], [s["ece15"] for s in per_seed],
-                       label=row["method"], s=18)  # fmt: skip
+            x, y = [s["accuracy"] for s in per_seed], [s["ece15"] for s in per_seed]
+            style = {"color": f"C{i % 10}", "marker": "os^D"[i // 10 % 4]}
+            ax.scatter(x, y, label=row["method"], s=22, **style)
         ax.set_title(task)
         ax.set_xlabel("accuracy (GLUE dev)")
         ax.set_ylabel("ECE (15 bins)")
