@@ -193,6 +193,12 @@ def is_run(run_dir: str | Path) -> bool:
     return (Path(run_dir) / CONFIG_FILE).is_file()
 
 
+def refuse_existing(output_dir: str | Path) -> None:
+    """Raise FileExistsError if ``output_dir`` holds a run: a new run never overwrites one."""
+    if is_run(output_dir):
+        raise FileExistsError(f"{output_dir} already holds a run (nothing was overwritten)")
+
+
 def read_config(run_dir: str | Path) -> dict:
     """The ``config.json`` of a run, with keys ``train``, ``monteclora`` (and ``peft``)."""
     path = Path(run_dir) / CONFIG_FILE

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from monteclora_pyro import metrics, runs
 from monteclora_pyro.analysis.plots import plot_reliability
 from monteclora_pyro.analysis.tables import format_table
+from monteclora_pyro.data import get_task_spec
 from monteclora_pyro.experiments.ensemble import average
 from monteclora_pyro.experiments.temperature import scale
 
@@ -45,26 +46,22 @@ def normalised(probs: np.ndarray) -> np.ndarray:
 
 
 def scores(predictions, task: str) -> dict:
-    """The reported figures of one run's posterior predictive."""
+    """The reported figures of one run's posterior predictive; ``score`` is the task's own
+    metric (its spec's first, e.g. MCC for CoLA), accuracy for a task without one."""
     probs, labels = normalised(predictions.predictive_probs), predictions.labels
-    confidence = probs.max(-1)
-    pred = probs.argmax(-1)
-    result = {
-        "accuracy": metrics.accuracy(probs, labels),
-        "ece15": metrics.ece(probs, labels, n_bins=15),
+    extra = get_task_spec(task).metrics
+    report = metrics.classification_report(probs, labels, extra)
+    correct = probs.argmax(-1) == labels
+    return {
+        "score": report[extra[0]] if extra else report["accuracy"],
+        "accuracy": report["accuracy"],
+        "ece15": report["ece"],
         "ece10": metrics.ece(probs, labels, n_bins=10),
-        "nll": metrics.nll(probs, labels),
-        "brier": metrics.brier(probs, labels),
-        "sel_auc": metrics.area_under_accuracy_coverage(confidence, pred == labels),
+        "nll": report["nll"],
+        "brier": report["brier"],
+        "sel_auc": metrics.area_under_accuracy_coverage(probs.max(-1), correct),
         "mutual_information": float(metrics.mutual_information(predictions.draw_probs).mean()),
     }
-    if task == "cola":
-        result["score"] = metrics.matthews_corrcoef(pred, labels)
-    elif task == "mrpc":
-        result["score"] = metrics.f1_score(pred, labels)
-    else:
-        result["score"] = result["accuracy"]
-    return result
 
 
 def train_nll(run: Path) -> float:
@@ -208,10 +205,11 @@ def task_section(results: TaskResults, figures: Path, doc_dir: Path) -> tuple[st
     rows = [r for name, label in names if name and (r := results.row(name, label))]
     if not rows:
         return f"## {task}\n\nNo finished runs yet.\n", {}
-    score_name = {"cola": "MCC", "mrpc": "F1"}.get(task, "accuracy")
+    extra = get_task_spec(task).metrics
+    score_name = extra[0].upper() if extra else "accuracy"
     headers = {"score": score_name, "sel_auc": "sel. AUC", "mutual_information": "MI"}
     headers |= {"train_nll": "train NLL", "train_time": "train time", "eval_time": "eval time"}
-    columns = [c for c in COLUMNS if c != "score" or task in ("cola", "mrpc")]
+    columns = [c for c in COLUMNS if c != "score" or extra]
     shown = [
         {k: cell(r[k]) if k not in ("method", "seeds") else r[k] for k in COLUMNS} for r in rows
     ]

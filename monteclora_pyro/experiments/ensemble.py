@@ -55,7 +55,7 @@ def ensemble_runs(run_dirs: list[str | Path], output_dir: str | Path) -> dict:
     dirs = [Path(d) for d in run_dirs]
     if len(dirs) < 2:
         raise ValueError(f"an ensemble needs at least two runs, got {len(dirs)}")
-    _refuse_existing(output_dir)
+    runs.refuse_existing(output_dir)
     members = [runs.read_metrics(d) for d in dirs]
     for key in ("task", "split"):
         values = {m[key] for m in members}
@@ -100,16 +100,11 @@ def checkpoint_ensemble(
             f"{run_dir} kept {len(kept)} epoch(s), a checkpoint ensemble of {max(wanted, 2)} "
             "needs as many: train it with --keep-epoch-checkpoints M (M >= 2) and >= M epochs"
         )
-    _refuse_existing(output_dir)
+    runs.refuse_existing(output_dir)
     chosen = kept[-wanted:]
     extra = {"source": str(run_dir), "source_method": runs.read_metrics(run_dir)["method"]}
     extra["epochs"] = [runs.read_metrics(d)["epoch"] for d in chosen]
     return _write(chosen, output_dir, CHECKPOINT_ENSEMBLE_METHOD, run_dir, extra)
-
-
-def _refuse_existing(output_dir: str | Path) -> None:
-    if runs.is_run(output_dir):
-        raise FileExistsError(f"{output_dir} already holds a run (nothing was overwritten)")
 
 
 def _write(

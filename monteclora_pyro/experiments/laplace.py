@@ -253,8 +253,7 @@ def laplace_run(
     if not grid or not all(p > 0 for p in grid):
         raise ValueError(f"prior_precisions={prior_precisions!r} must be non-empty and positive")
     run_dir, out = Path(run_dir), Path(output_dir)
-    if runs.is_run(out):
-        raise FileExistsError(f"{out} already holds a run (nothing was overwritten)")
+    runs.refuse_existing(out)
     fit = fit_run(run_dir, hessian, subset)
     cfg, source = fit.config, runs.read_metrics(run_dir)
     samples = cfg.num_samples if num_samples is None else num_samples

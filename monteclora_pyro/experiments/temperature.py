@@ -84,8 +84,7 @@ def temperature_scale(run_dir: str | Path, output_dir: str | Path) -> dict:
             f"{run_dir} is a {spec.likelihood} run: temperature scaling calibrates class "
             "probabilities (classification or multiple choice)"
         )
-    if runs.is_run(out):
-        raise FileExistsError(f"{out} already holds a run (nothing was overwritten)")
+    runs.refuse_existing(out)
     source = runs.read_metrics(run_dir)
     validation_dir = runs.evaluation_dir(run_dir, source["task"], runs.VALIDATION_SPLIT)
     if not runs.has_predictions(validation_dir):
