@@ -1,4 +1,4 @@
-"""Uncertainty baselines on the same loop: MC dropout and deep ensembles."""
+"""Uncertainty baselines on the same loop: MC dropout, deep and checkpoint ensembles."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from monteclora_pyro.cli import main
 from monteclora_pyro.experiments.ensemble import (
     CHECKPOINT_ENSEMBLE_METHOD,
     ENSEMBLE_METHOD,
+    average,
     checkpoint_ensemble,
     ensemble_runs,
 )
@@ -179,3 +180,40 @@ def test_a_checkpoint_older_than_the_new_options_resumes(toy_assets, tmp_path):
             resume=True,
             progress=False,
         )
+
+
+def _members(seed: int, num_members: int, draws: int) -> list[runs.Predictions]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, size=20)
+    found = []
+    for _ in range(num_members):
+        logits = rng.normal(size=(draws, 20, 3)) + rng.normal(size=(1, 20, 3))
+        probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        found.append(runs.Predictions(labels, probs.mean(0), probs))
+    return found
+
+
+def test_an_ensemble_of_posteriors_keeps_every_draw_of_every_member():
+    members = _members(0, num_members=3, draws=5)
+    mixture = average(members)
+    assert mixture.draw_probs.shape == (15, 20, 3)
+    np.testing.assert_array_equal(mixture.draw_probs[5:10], members[1].draw_probs)
+    expected = np.mean([m.predictive_probs for m in members], axis=0)
+    np.testing.assert_allclose(mixture.predictive_probs, expected, rtol=1e-12)
+    # Keeping the draws adds the within-member spread: by the concavity of the entropy, the
+    # mixture's mutual information is at least the one-draw-per-member ensemble's.
+    one_each = runs.Predictions(
+        members[0].labels, mixture.mean_probs, np.stack([m.predictive_probs for m in members])
+    )
+    within = metrics.mutual_information(mixture.draw_probs)
+    between = metrics.mutual_information(one_each.draw_probs)
+    assert np.all(within >= between - 1e-12) and within.mean() > between.mean()
+
+
+def test_members_with_other_numbers_of_draws_weigh_the_same():
+    members = _members(1, num_members=2, draws=4)[:1] + _members(2, num_members=1, draws=2)
+    members[1] = runs.Predictions(members[0].labels, members[1].mean_probs, members[1].draw_probs)
+    mixture = average(members)
+    assert mixture.num_draws == 2
+    expected = (members[0].predictive_probs + members[1].predictive_probs) / 2
+    np.testing.assert_allclose(mixture.predictive_probs, expected, rtol=1e-12)

@@ -1,13 +1,14 @@
 """Ensembles: finished runs (deep ensemble) or a run's kept epochs (checkpoint ensemble).
 
-Each member contributes its posterior predictive probabilities (its plug-in probabilities for a
-method without a posterior) as one draw, so the ensemble's ``predictions.npz`` has
-``draw_probs`` of shape (M, n, C) and every analysis of draws (reliability, uncertainty
-decomposition, OOD scores) applies unchanged; ``mean_probs`` is the average of the members'
-plug-in probabilities. When every member holds predictions on the same carved validation split
-(the epochs of one run; runs of other seeds hold out other examples), the ensemble's are
-written too (``evaluations/{task}-train-validation/``), so that M and post-hoc calibration are
-selected there.
+The ensemble is the equal-weight mixture of its members' posteriors: members with S draws each
+(one for a method without a posterior) contribute all of them, so the ensemble's
+``predictions.npz`` has ``draw_probs`` of shape (M·S, n, C), its predictive is the average of
+the members' predictives, and every analysis of draws (reliability, uncertainty decomposition
+with the within-member spread included, OOD scores) applies unchanged; ``mean_probs`` is the
+average of the members' plug-in probabilities. When every member holds predictions on the
+same carved validation split (the epochs of one run; runs of other seeds hold out other
+examples), the ensemble's are written too (``evaluations/{task}-train-validation/``), so
+that M and post-hoc calibration are selected there.
 """
 
 from __future__ import annotations
@@ -29,11 +30,18 @@ CHECKPOINT_ENSEMBLE_METHOD = "checkpoint-ensemble"
 
 
 def average(members: list[Predictions]) -> Predictions:
-    """The ensemble of ``members``: one draw per member, plug-in probabilities averaged."""
+    """The equal-weight ensemble of ``members``: every member's draws, plug-in probabilities
+    averaged. Members with different numbers of draws contribute one draw each, their
+    predictive, so that each still weighs 1/M."""
+    if len({p.num_draws for p in members}) == 1:
+        draws = np.concatenate([p.draw_probs for p in members])
+    else:
+        logger.info("the members hold different numbers of draws: one draw per member")
+        draws = np.stack([p.predictive_probs for p in members])
     return Predictions(
         labels=members[0].labels,
         mean_probs=np.mean([p.mean_probs for p in members], axis=0),
-        draw_probs=np.stack([p.predictive_probs for p in members]),
+        draw_probs=draws,
     )
 
 
@@ -134,7 +142,8 @@ def _write(
         "split": first["split"],
         "method": method,
         "num_examples": first["num_examples"],
-        "num_samples": len(members),
+        "num_members": len(members),
+        "num_samples": evaluation.predictions.num_draws,
         **extra,
         **evaluation.metrics(spec.metrics),
     }
@@ -151,7 +160,8 @@ def _write(
         runs.write_metrics(
             directory,
             {"task": first["task"], "split": runs.VALIDATION_SPLIT, "method": method}
-            | {"num_examples": len(held_out.predictions.labels), "num_samples": len(members)}
+            | {"num_examples": len(held_out.predictions.labels), "num_members": len(members)}
+            | {"num_samples": held_out.predictions.num_draws}
             | held_out.metrics(spec.metrics),
         )
     evaluation.save(out)
