@@ -1,0 +1,525 @@
+"""The calibration study's driver (studies/calibration.py) and report (calibration_report.py).
+
+No model and no data: the driver runs with a fake ``Runner`` that records the commands it is
+given, and the report reads synthetic run directories written through ``monteclora_pyro.runs``
+whose accuracy, NLL and ECE follow in closed form from how they are built.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monteclora_pyro import metrics, runs
+from monteclora_pyro.cli import build_parser
+from monteclora_pyro.cli.options import configs
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "studies"))
+
+import calibration
+import calibration_report as report
+
+# ------------------------------------------------------------------------------ the driver
+
+
+def test_tasks_give_sst2_every_method_and_the_other_tasks_the_core():
+    sst2 = calibration.TASKS["sst2"]
+    assert sst2.methods == tuple(calibration.TRAINED)
+    assert sst2.post_hoc == calibration.POST_HOC
+    for task in ("mrpc", "cola", "rte"):
+        assert calibration.TASKS[task].methods == calibration.CORE
+        assert calibration.TASKS[task].post_hoc == calibration.CORE_POST_HOC
+    movies = calibration.TASKS["movie-reviews"]
+    assert movies.methods == calibration.CORE
+    assert set(movies.post_hoc) <= set(calibration.CORE_POST_HOC)
+    # the core is made of trained methods and holds the setting tested off SST-2
+    assert set(calibration.CORE) <= set(calibration.TRAINED)
+    assert set(calibration.CORE_POST_HOC) <= set(calibration.POST_HOC)
+    assert {"lora", "mc-dropout", "bayes-t0.1"} <= set(calibration.CORE)
+    assert set(calibration.CORE) - {"lora", "mc-dropout"} <= set(calibration.MONTECLORA)
+    assert set(calibration.MONTECLORA) <= set(calibration.TRAINED)
+
+
+def _args(root: Path, **fields) -> Namespace:
+    defaults = {
+        "output_dir": str(root),
+        "data_dir": None,
+        "threads": 3,
+        "workers": 1,
+        "tasks": [],
+        "methods": list(calibration.TRAINED),
+        "post_hoc": list(calibration.POST_HOC),
+    }
+    return Namespace(**(defaults | fields))
+
+
+def _interrupted(run: Path) -> None:
+    """A run cut off before its metrics: its config only (what ``runs.is_run`` checks)."""
+    runs.write_config(run, {"method": "lora", "output_dir": str(run)}, {})
+
+
+def _finished(directory: Path) -> None:
+    runs.write_config(directory, {"method": "lora", "output_dir": str(directory)}, {})
+    runs.write_metrics(directory, {"task": "fake"})
+
+
+def test_train_command_argv(tmp_path):
+    args = _args(tmp_path, data_dir="/glue")
+    out = tmp_path / "sst2" / "lora-s1"
+    assert calibration.train_command(args, "sst2", "lora", 1) == [
+        "monteclora", "--quiet", "train", "--task", "sst2", "--seed", "1",
+        "--data-dir", "/glue", "--max-train-examples", "2000",
+        "--max-length", "64", "--epochs", "3",
+        *calibration.COMMON,
+        "--method", "lora", "--keep-epoch-checkpoints", "3",
+        "--output-dir", str(out),
+    ]  # fmt: skip
+
+    args = _args(tmp_path)  # no data dir; MRPC trains on all its examples
+    out = tmp_path / "mrpc" / "bayes-t0.1-s2"
+    fresh = calibration.train_command(args, "mrpc", "bayes-t0.1", 2)
+    assert fresh == [
+        "monteclora", "--quiet", "train", "--task", "mrpc", "--seed", "2",
+        "--max-length", "96", "--epochs", "3",
+        *calibration.COMMON, *calibration.TRAINED["bayes-t0.1"],
+        "--output-dir", str(out),
+    ]  # fmt: skip
+    assert "--max-train-examples" not in fresh and "--data-dir" not in fresh
+
+    out.mkdir(parents=True)  # an empty directory is no run yet
+    assert calibration.train_command(args, "mrpc", "bayes-t0.1", 2) == fresh
+    _interrupted(out)
+    assert calibration.train_command(args, "mrpc", "bayes-t0.1", 2) == [*fresh, "--resume"]
+
+
+@pytest.mark.parametrize("task", list(calibration.TASKS))
+def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
+    setting = calibration.TASKS[task]
+    for name in setting.methods:
+        for resume in (False, True):
+            out = calibration.run_dir(tmp_path, task, name, 1)
+            if resume:
+                _interrupted(out)
+            command = calibration.train_command(_args(tmp_path), task, name, 1)
+            parsed = build_parser().parse_args(command[1:])
+            assert parsed.resume is resume
+            train, model = configs(parsed)
+            assert (train.task, train.seed, train.output_dir) == (task, 1, str(out))
+            assert train.max_train_examples == setting.max_train_examples
+            assert (train.max_length, train.epochs) == (setting.max_length, setting.epochs)
+            # the report selects settings on the carved validation split
+            assert train.validation_fraction > 0
+            if name == "lora":
+                assert train.keep_epoch_checkpoints >= max(calibration.CHECKPOINT_MEMBERS)
+            if name.startswith("bayes-t"):  # the tempered objective, T in the name
+                assert (train.method, model.objective) == ("monteclora", "bayes")
+                assert model.kl_loss_weight == pytest.approx(float(name.removeprefix("bayes-t")))
+
+
+def test_post_hoc_and_shifted_commands_parse(tmp_path):
+    parser = build_parser()
+    jobs = calibration.post_hoc_commands(tmp_path, "sst2")
+    jobs += calibration.shifted_commands(calibration.CORE, tmp_path, "movie-reviews")
+    for out, command in jobs:
+        parsed = parser.parse_args(command[1:])
+        assert command[0] == "monteclora"
+        if parsed.command == "evaluate":
+            assert out == runs.evaluation_dir(parsed.run_dir, parsed.task, parsed.split)
+        else:
+            assert command[-2:] == ["--output-dir", str(out)]
+            assert out.name.split("-s")[0] in calibration.POST_HOC_DIRS
+
+
+@pytest.fixture
+def recorder(monkeypatch) -> list:
+    """Replaces ``calibration.Runner`` by one that records the commands and runs nothing;
+    the list of the runners made."""
+    made = []
+
+    class RecordingRunner:
+        def __init__(self, root: Path, threads: int):
+            self.root, self.threads, self.commands = root, threads, []
+            made.append(self)
+
+        def __call__(self, command: list[str]) -> bool:
+            self.commands.append(command)
+            return True
+
+    monkeypatch.setattr(calibration, "Runner", RecordingRunner)
+    return made
+
+
+def _out_name(command: list[str]) -> str:
+    return Path(command[command.index("--output-dir") + 1]).name
+
+
+def test_run_study_schedules_the_task_methods_only(tmp_path, recorder):
+    root = tmp_path / "study"
+    task = "mrpc"
+    _finished(calibration.run_dir(root, task, "lora", 2))  # done: skipped
+    _interrupted(calibration.run_dir(root, task, "bayes-t0.1", 1))  # resumed
+    _finished(calibration.run_dir(root, task, "temperature", 1))  # done: skipped
+    half_ensemble = calibration.run_dir(root, task, "checkpoint-ensemble-m2", 0)
+    _interrupted(half_ensemble)  # a post-hoc output cut off: removed, then redone
+    stale_laplace = calibration.run_dir(root, task, "laplace", 0)
+    _interrupted(stale_laplace)  # not one of MRPC's baselines: left alone
+    args = _args(root, tasks=[task], methods=["lora", "bayes-t0.1", "peft-monteclora"])
+
+    calibration.run_study(args)
+
+    (runner,) = recorder
+    assert (Path(runner.root), runner.threads) == (root, 3)
+    commands = runner.commands
+    trained = [c for c in commands if c[2] == "train"]
+    assert sorted(_out_name(c) for c in trained) == sorted(
+        ["lora-s0", "lora-s1", "lora-s3", "bayes-t0.1-s0", "bayes-t0.1-s1", "bayes-t0.1-s2"]
+    )
+    for command in trained:
+        name, seed = _out_name(command).rsplit("-s", 1)
+        assert command == calibration.train_command(args, task, name, int(seed))
+        assert ("--resume" in command) == (_out_name(command) == "bayes-t0.1-s1")
+    assert not any("peft-monteclora" in " ".join(c) for c in commands)
+
+    post = commands[len(trained) :]  # every training before any post-hoc baseline
+    assert all(c[2] != "train" for c in post)
+    assert not any("laplace" in c for c in commands)
+    expected = {
+        out.name: command
+        for out, command in calibration.post_hoc_commands(root, task)
+        if not out.name.startswith("laplace") and out.name != "temperature-s1"
+    }
+    assert sorted(expected) == sorted(
+        ["temperature-s0", "temperature-s2"]
+        + [f"checkpoint-ensemble-m{m}-s{s}" for m in (2, 3) for s in (0, 1, 2)]
+        + [f"deep-ensemble-m3-s{s}" for s in range(4)]
+        + ["deep-ensemble-m4-s0"]
+    )
+    assert sorted(post) == sorted(expected.values())
+    assert {c[1] for c in post} == {"calibrate", "checkpoint-ensemble", "ensemble"}
+
+    assert not half_ensemble.exists()  # the fake runner wrote nothing back
+    assert runs.is_run(stale_laplace)
+    assert runs.is_run(calibration.run_dir(root, task, "bayes-t0.1", 1))
+    assert (root / task / "lora-s2" / runs.METRICS_FILE).is_file()
+
+
+def test_run_study_restricts_post_hoc_and_evaluates_movie_reviews_shifted(tmp_path, recorder):
+    root = tmp_path / "study"
+    lora = calibration.run_dir(root, "movie-reviews", "lora", 0)
+    runs.write_metrics(runs.evaluation_dir(lora, "nyt", "test"), {"task": "nyt"})  # done
+    # laplace is not among movie-reviews' baselines, checkpoint ensembles are not asked for
+    args = _args(
+        root, tasks=["movie-reviews"], methods=["lora"], post_hoc=["temperature", "laplace"]
+    )
+    calibration.run_study(args)
+    commands = recorder[0].commands
+    trained = [c for c in commands if c[2] == "train"]
+    assert sorted(_out_name(c) for c in trained) == [f"lora-s{s}" for s in range(4)]
+    post = commands[len(trained) :]
+    calibrated = sorted(_out_name(c) for c in post if c[1] == "calibrate")
+    assert calibrated == ["temperature-s0", "temperature-s1", "temperature-s2"]
+    evaluated = [c for c in post if c[2] == "evaluate"]
+    assert len(post) == len(calibrated) + len(evaluated)
+    pairs = sorted((Path(c[3]).name, c[c.index("--task") + 1]) for c in evaluated)
+    expected = [(f"lora-s{s}", d) for s in range(4) for d in calibration.SHIFTED]
+    assert pairs == sorted(set(expected) - {("lora-s0", "nyt")})
+
+
+# ------------------------------------------------------------------------------ the report
+
+N_VAL, N_DEV = 1000, 200
+
+
+def make_predictions(
+    n: int, n_correct: int, right: float, wrong: float | None = None, draws: int = 1, seed=0
+) -> runs.Predictions:
+    """Binary predictions: ``n_correct`` of ``n`` right with confidence ``right``, the others
+    wrong with confidence ``wrong`` (default ``right``) in the wrong class; ``draws`` posterior
+    draws spread symmetrically about those probabilities, so that they average to them."""
+    wrong = right if wrong is None else wrong
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, size=n)
+    correct = np.zeros(n, dtype=bool)
+    correct[rng.permutation(n)[:n_correct]] = True
+    predicted = np.where(correct, labels, 1 - labels)
+    confidence = np.where(correct, right, wrong)
+    probs = np.where(
+        predicted[:, None] == np.arange(2), confidence[:, None], 1 - confidence[:, None]
+    )
+    spread = 0.5 * (1 - max(right, wrong)) * np.linspace(-1, 1, draws) if draws > 1 else [0.0]
+    draw_probs = np.stack(
+        [probs + d * (2 * (predicted[:, None] == np.arange(2)) - 1) for d in spread]
+    )
+    return runs.Predictions(labels, probs, draw_probs)
+
+
+def closed_nll(n: int, n_correct: int, right: float, wrong: float | None = None) -> float:
+    wrong = right if wrong is None else wrong
+    return -(n_correct * math.log(right) + (n - n_correct) * math.log(1 - wrong)) / n
+
+
+def closed_ece(n: int, n_correct: int, confidence: float) -> float:
+    """ECE when every example has the same confidence: one bin."""
+    return abs(n_correct / n - confidence)
+
+
+def write_run(
+    root: Path,
+    task: str,
+    name: str,
+    seed: int,
+    dev: runs.Predictions,
+    validation: runs.Predictions | None,
+    train_seconds: float = 100.0,
+    eval_seconds: float = 10.0,
+) -> Path:
+    run = calibration.run_dir(root, task, name, seed)
+    runs.write_config(run, {"method": name, "task": task, "output_dir": str(run)}, {})
+    runs.write_predictions(run, dev)
+    runs.write_metrics(run, {"task": task, "method": name, "split": "validation"})
+    if validation is not None:
+        directory = runs.evaluation_dir(run, task, runs.VALIDATION_SPLIT)
+        runs.write_predictions(directory, validation)
+        runs.write_metrics(directory, {"task": task, "split": runs.VALIDATION_SPLIT})
+    runs.write_timing(run, train_seconds, eval_seconds)
+    runs.start_history(run)
+    for step, (epoch, nll) in enumerate([(1, 0.5), (1, 0.7), (2, 0.2), (2, 0.4)], start=1):
+        runs.append_history(run, {"kind": "train", "step": step, "epoch": epoch, "nll": nll})
+    runs.append_history(run, {"kind": "eval", "step": 4, "epoch": 2, "nll": 9.0})
+    return run
+
+
+# SST-2 validation: (correct of N_VAL per seed, confidence right, confidence wrong). LoRA's
+# mean accuracy is 0.800, so the floor is 0.795.
+SST2_VALIDATION = {
+    "lora": ([800] * 4, 0.9, 0.9),
+    "paper-1e-4": ([800] * 3, 0.9, 0.6),  # eligible
+    "paper-5e-3": ([797] * 3, 0.95, 0.55),  # eligible, lowest NLL of those: chosen
+    "paper-2e-2": ([790] * 3, 0.97, 0.52),  # lower NLL, accuracy below the floor
+    "bayes": ([810, 810, 760], 0.97, 0.51),  # lowest NLL; two seeds above, the mean below
+}
+# SST-2 dev (the reported split): (correct of N_DEV per seed, one confidence). On dev
+# paper-2e-2 would have been eligible and the lowest-NLL setting: selecting on dev would show.
+SST2_DEV = {
+    "lora": ([158, 160, 162, 160], 0.99),
+    "mc-dropout": ([160] * 3, 0.7),
+    "paper-1e-4": ([156] * 3, 0.80),  # ECE 0.02: ratio ~0.1, but 2 points less accurate
+    "paper-5e-3": ([158, 160, 162], 0.85),  # ECE 0.05: ratio ~0.26 at LoRA's accuracy
+    "paper-2e-2": ([170] * 3, 0.85),  # ECE 0.0: dev accuracy above LoRA's
+    "bayes": ([160] * 3, 0.9),  # ECE 0.10: ratio just above 0.5
+    "bayes-t0.1": ([160] * 3, 0.8),  # finished, but never evaluated on validation
+}
+TIMES = {"lora": (100.0, 10.0), "paper-5e-3": (115.0, 30.0)}
+
+
+def _draws(name: str) -> int:
+    return 2 if name in calibration.MONTECLORA else 1
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("calibration")
+    for name, (correct, confidence) in SST2_DEV.items():
+        for seed, k in enumerate(correct):
+            dev = make_predictions(N_DEV, k, confidence, draws=_draws(name), seed=seed)
+            validation = None
+            if name in SST2_VALIDATION:
+                val_correct, right, wrong = SST2_VALIDATION[name]
+                validation = make_predictions(
+                    N_VAL, val_correct[seed], right, wrong, draws=_draws(name), seed=100 + seed
+                )
+            train, evaluation = TIMES.get(name, (100.0, 10.0))
+            write_run(root, "sst2", name, seed, dev, validation, train, evaluation)
+    # one MonteCLoRA setting finished on mrpc, cola and rte: selected on mrpc and cola, not
+    # eligible on rte
+    for task, setting_correct in (("mrpc", 850), ("cola", 850), ("rte", 700)):
+        for name, k in (("lora", 850), ("bayes-t0.1", setting_correct)):
+            for seed in calibration.SEEDS:
+                predictions = make_predictions(N_VAL, k, 0.9, draws=_draws(name), seed=seed)
+                write_run(root, task, name, seed, predictions, predictions)
+    return root
+
+
+def test_scores_match_the_closed_forms_on_four_examples():
+    labels = np.array([0, 1, 1, 0])
+    probs = np.array([[0.95, 0.05], [0.32, 0.68], [0.62, 0.38], [0.25, 0.75]])
+    offset = np.array([[0.04, -0.04], [-0.04, 0.04], [0.04, -0.04], [-0.04, 0.04]])
+    draws = np.stack([probs + offset, probs - offset])
+    wrong_plug_in = probs[:, ::-1]  # scores must read the draws' average, not this
+    found = report.scores(runs.Predictions(labels, wrong_plug_in, draws), "sst2")
+
+    def entropy(p):
+        return -(p * np.log(p) + (1 - p) * np.log(1 - p))
+
+    top = np.array([0.95, 0.68, 0.62, 0.75])  # confidence; right, right, wrong, wrong
+    mutual_information = np.mean(entropy(top) - (entropy(top + 0.04) + entropy(top - 0.04)) / 2)
+    expected = {
+        "score": 0.5,  # SST-2 has no score of its own: accuracy
+        "accuracy": 0.5,
+        "nll": -(math.log(0.95) + math.log(0.68) + math.log(0.38) + math.log(0.25)) / 4,
+        "brier": 2 * (0.05**2 + 0.32**2 + 0.62**2 + 0.75**2) / 4,
+        "ece15": (0.05 + 0.32 + 0.62 + 0.75) / 4,  # one example per bin
+        # 0.68 (right) and 0.62 (wrong) share the bin (0.6, 0.7]: accuracy 1/2, confidence 0.65
+        "ece10": (0.05 + 2 * abs(0.5 - 0.65) + 0.75) / 4,
+        "sel_auc": (1 + 1 / 2 + 2 / 3 + 2 / 4) / 4,  # 0.95 right, 0.75 wrong, 0.68, 0.62
+        "mutual_information": mutual_information,
+    }
+    assert set(found) == set(expected)
+    for key, value in expected.items():
+        assert found[key] == pytest.approx(value, abs=1e-12), key
+    # the same figures straight from monteclora_pyro.metrics
+    assert found["nll"] == pytest.approx(metrics.nll(probs, labels), abs=1e-12)
+    assert found["ece10"] == pytest.approx(metrics.ece(probs, labels, n_bins=10), abs=1e-12)
+
+    # CoLA's score is its MCC (0 here: TP = TN = FP = FN = 1), not its accuracy
+    cola = report.scores(runs.Predictions(labels, probs, draws), "cola")
+    assert cola["score"] == pytest.approx(0.0, abs=1e-12)
+    assert cola["nll"] == pytest.approx(expected["nll"], abs=1e-12)
+
+
+def test_select_monteclora_lowest_validation_nll_within_the_accuracy_slack(study):
+    chosen, table = report.TaskResults(study, "sst2").select_monteclora()
+    assert chosen == "paper-5e-3"
+    assert [r["setting"] for r in table] == ["paper-1e-4", "paper-5e-3", "paper-2e-2", "bayes"]
+    for row in table:
+        correct, right, wrong = SST2_VALIDATION[row["setting"]]
+        assert row["val_accuracy"] == pytest.approx(np.mean(correct) / N_VAL, abs=1e-12)
+        nll = np.mean([closed_nll(N_VAL, k, right, wrong) for k in correct])
+        assert row["val_nll"] == pytest.approx(nll, rel=1e-9)
+    assert {r["setting"]: r["eligible"] for r in table} == {
+        "paper-1e-4": True,
+        "paper-5e-3": True,
+        "paper-2e-2": False,
+        "bayes": False,
+    }
+    assert [r["setting"] for r in table if r["chosen"]] == ["paper-5e-3"]
+    # the ineligible settings are the ones with the lowest validation NLL
+    lowest = sorted(table, key=lambda r: r["val_nll"])
+    assert [r["setting"] for r in lowest[:2]] == ["bayes", "paper-2e-2"]
+
+    chosen, table = report.TaskResults(study, "rte").select_monteclora()
+    assert chosen is None
+    assert [(r["setting"], r["eligible"], r["chosen"]) for r in table] == [
+        ("bayes-t0.1", False, False)
+    ]
+    assert report.TaskResults(study, "movie-reviews").select_monteclora() == (None, [])
+
+
+def test_default_setting_ignores_single_setting_tasks(study):
+    selections = {
+        task: report.TaskResults(study, task).select_monteclora()
+        for task in ("sst2", "mrpc", "cola", "rte")
+    }
+    assert selections["mrpc"][0] == selections["cola"][0] == "bayes-t0.1"
+    assert [len(selections[t][1]) for t in ("mrpc", "cola", "rte")] == [1, 1, 1]
+    # two single-setting votes for bayes-t0.1 against SST-2's one comparison
+    assert report.default_setting(selections) == "paper-5e-3"
+    assert report.default_setting({t: selections[t] for t in ("mrpc", "cola", "rte")}) is None
+
+
+def _table(nlls: dict) -> list[dict]:
+    return [{"setting": s, "val_accuracy": 0.9, "val_nll": v} for s, v in nlls.items()]
+
+
+def test_default_setting_majority_then_mean_rank():
+    two = _table({"a": 0.3, "b": 0.2, "c": 0.1})
+    assert report.default_setting({"x": ("a", two), "y": ("b", two), "z": ("b", two)}) == "b"
+    # a tie: a ranks 0 and 2, b ranks 1 and 0 (mean 1 against 0.5)
+    first, second = _table({"a": 0.1, "b": 0.2, "c": 0.3}), _table({"a": 0.3, "b": 0.1, "c": 0.2})
+    assert report.default_setting({"x": ("a", first), "y": ("b", second)}) == "b"
+    # a task without an eligible setting compares, but casts no vote
+    assert report.default_setting({"x": (None, two), "y": ("c", two)}) == "c"
+    assert report.default_setting({"x": (None, two)}) is None
+    assert report.default_setting({}) is None
+
+
+GOAL_NAMES = ("lora", "mc-dropout", *calibration.MONTECLORA)
+
+
+@pytest.fixture(scope="module")
+def sst2_goals(study):
+    results = report.TaskResults(study, "sst2")
+    _, selection = results.select_monteclora()
+    rows = [results.row(name) for name in GOAL_NAMES]
+    return {"rows": [r for r in rows if r is not None], "selection": selection}
+
+
+def test_rows_average_scores_of_each_seed(study, sst2_goals):
+    by_name = {r["_name"]: r for r in sst2_goals["rows"]}
+    assert set(by_name) == set(SST2_DEV)
+    for name, row in by_name.items():
+        correct, confidence = SST2_DEV[name]
+        correct = correct[: len(calibration.SEEDS)]  # LoRA's fourth seed is not reported
+        assert row["seeds"] == len(calibration.SEEDS)
+        found = [
+            report.scores(
+                runs.read_predictions(calibration.run_dir(study, "sst2", name, s)), "sst2"
+            )
+            for s in calibration.SEEDS
+        ]
+        for key, closed in (
+            ("accuracy", [k / N_DEV for k in correct]),
+            ("ece15", [closed_ece(N_DEV, k, confidence) for k in correct]),
+            ("nll", [closed_nll(N_DEV, k, confidence) for k in correct]),
+        ):
+            assert [s[key] for s in found] == pytest.approx(closed, abs=1e-9)
+            assert row[key][0] == pytest.approx(np.mean(closed), abs=1e-9)
+        assert row["train_nll"][0] == pytest.approx(0.3)  # the last epoch's training batches
+    train, evaluation = by_name["paper-5e-3"]["train_time"], by_name["paper-5e-3"]["eval_time"]
+    assert (train, evaluation) == pytest.approx((1.15, 3.0))
+
+
+def _dev_mean(name: str, key: str) -> float:
+    correct, confidence = SST2_DEV[name]
+    correct = correct[: len(calibration.SEEDS)]
+    if key == "ece15":
+        return float(np.mean([closed_ece(N_DEV, k, confidence) for k in correct]))
+    if key == "nll":
+        return float(np.mean([closed_nll(N_DEV, k, confidence) for k in correct]))
+    return float(np.mean(correct)) / N_DEV
+
+
+@pytest.mark.parametrize(
+    ("default", "eligible", "met"),
+    [
+        ("paper-5e-3", "yes", "met"),  # ECE ratio ~0.26 at LoRA's accuracy
+        ("paper-1e-4", "yes", "not met"),  # ratio ~0.1, 2 points less accurate
+        ("bayes", "no", "not met"),  # ratio just above 0.5 at LoRA's accuracy
+        ("paper-2e-2", "no", "met"),  # ECE 0, more accurate than LoRA on dev
+    ],
+)
+def test_goal_row(sst2_goals, default, eligible, met):
+    row = report.goal_row("sst2", sst2_goals, default)
+    by_name = {r["_name"]: r for r in sst2_goals["rows"]}
+    ratio = _dev_mean(default, "ece15") / _dev_mean("lora", "ece15")
+    gap = _dev_mean(default, "accuracy") - _dev_mean("lora", "accuracy")
+    # the closed forms are what scores() gives on the same predictions
+    assert by_name[default]["ece15"][0] / by_name["lora"]["ece15"][0] == pytest.approx(ratio)
+    assert row["task"] == "sst2"
+    assert row["eligible on validation"] == eligible
+    assert row["ECE ÷ LoRA's"] == f"{ratio:.2f}"
+    assert row["accuracy − LoRA's"] == f"{100 * gap:+.1f} pt"
+    assert row["ECE goal"] == met
+    assert (ratio <= 0.5 and gap >= -report.ACCURACY_SLACK) == (met == "met")
+    nll_gap = _dev_mean(default, "nll") - _dev_mean("mc-dropout", "nll")
+    assert row["NLL − mc-dropout"] == f"{nll_gap:+.3f}"
+    assert "NLL − temperature" not in row  # no temperature-scaling runs here
+    expected_time = "1.15×" if default == "paper-5e-3" else "1.00×"
+    assert row["train time ÷ LoRA's"] == expected_time
+
+
+def test_goal_row_figures_and_missing_rows(sst2_goals):
+    row = report.goal_row("sst2", sst2_goals, "paper-5e-3")
+    assert row["ECE ÷ LoRA's"] == "0.26"  # 0.05 / 0.19
+    assert row["accuracy − LoRA's"] == "+0.0 pt"
+    row = report.goal_row("sst2", sst2_goals, "paper-1e-4")
+    assert row["ECE ÷ LoRA's"] == "0.11"  # 0.02 / 0.19
+    assert row["accuracy − LoRA's"] == "-2.0 pt"
+    assert report.goal_row("sst2", sst2_goals, "peft-monteclora") is None
+    no_lora = {**sst2_goals, "rows": [r for r in sst2_goals["rows"] if r["_name"] != "lora"]}
+    assert report.goal_row("sst2", no_lora, "paper-5e-3") is None
