@@ -60,7 +60,9 @@ def scores(predictions, task: str) -> dict:
         "nll": report["nll"],
         "brier": report["brier"],
         "sel_auc": metrics.area_under_accuracy_coverage(probs.max(-1), correct),
-        "mutual_information": float(metrics.mutual_information(predictions.draw_probs).mean()),
+        "mutual_information": float(
+            metrics.mutual_information(normalised(predictions.draw_probs)).mean()
+        ),
     }
 
 
@@ -286,14 +288,14 @@ def default_setting(selections: dict) -> str | None:
     for _, table in compared:
         for rank, r in enumerate(sorted(table, key=lambda r: r["val_nll"])):
             ranks.setdefault(r["setting"], []).append(rank)
-    return min(set(chosen), key=lambda s: (-chosen.count(s), np.mean(ranks[s])))
+    return min(sorted(set(chosen)), key=lambda s: (-chosen.count(s), np.mean(ranks[s])))
 
 
 def goal_row(task: str, data: dict, default: str) -> dict | None:
     """Where the goals land on one task for the default setting (means over seeds)."""
     by_name = {r["_name"]: r for r in data["rows"]}
     mine, lora = by_name.get(default), by_name.get("lora")
-    if mine is None or lora is None:
+    if mine is None or lora is None or lora["ece15"][0] == 0:
         return None
     eligible = {r["setting"]: r["eligible"] for r in data["selection"]}.get(default)
     ratio = mine["ece15"][0] / lora["ece15"][0]
@@ -316,6 +318,8 @@ def goals_section(sections: dict, default: str | None) -> str:
     rows = [r for t, d in sections.items() if d and (r := goal_row(t, d, default))]
     if not rows:
         return "## Goals\n\nNo task has finished yet.\n"
+    missing = [t for t in sections if t not in {r["task"] for r in rows}]
+    absent = f" Not finished for it (or for LoRA) on: {', '.join(missing)}." if missing else ""
     columns = list(dict.fromkeys(k for r in rows for k in r))
     met = sum(r["ECE goal"] == "met" for r in rows)
     return (
@@ -324,7 +328,7 @@ def goals_section(sections: dict, default: str | None) -> str:
         "Where the goals land for it on each task (means over seeds; goal: ECE ≤ 0.5× LoRA's "
         "at accuracy within 0.5 points, NLL below MC dropout's and temperature scaling's, "
         "training time within 1.2× LoRA's; the deep ensemble of four LoRAs is the expensive "
-        f"reference). The ECE goal is met on {met} of {len(rows)} tasks.\n\n"
+        f"reference). The ECE goal is met on {met} of {len(rows)} tasks.{absent}\n\n"
         + format_table(rows, columns, markdown=True)
         + "\n"
     )
