@@ -89,7 +89,7 @@ class TaskSetting:
 TASKS = {
     "sst2": TaskSetting(2000, 64, 3, methods=tuple(TRAINED), post_hoc=POST_HOC),
     "mrpc": TaskSetting(None, 96, 3),
-    "cola": TaskSetting(4000, 48, 3),
+    "cola": TaskSetting(2000, 48, 3),
     "rte": TaskSetting(None, 128, 3),
     "movie-reviews": TaskSetting(2000, 64, 3, post_hoc=("temperature", "deep-ensemble")),
 }
