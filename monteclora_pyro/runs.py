@@ -352,7 +352,7 @@ def prune_epoch_dirs(run_dir: str | Path, keep: int) -> None:
     """Delete all but the last ``keep`` epoch directories of a run (all of them for 0)."""
     root = Path(run_dir) / EPOCHS_DIR
     found = sorted(root.glob("epoch-*")) if root.is_dir() else []
-    stale = found[: len(found) - keep] if keep else found
+    stale = found[: max(len(found) - keep, 0)] if keep else found
     for directory in stale:
         shutil.rmtree(directory)
 

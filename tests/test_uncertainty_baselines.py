@@ -217,3 +217,14 @@ def test_members_with_other_numbers_of_draws_weigh_the_same():
     assert mixture.num_draws == 2
     expected = (members[0].predictive_probs + members[1].predictive_probs) / 2
     np.testing.assert_allclose(mixture.predictive_probs, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("found", [0, 1, 2, 3, 5])
+@pytest.mark.parametrize("keep", [0, 1, 2, 3, 4])
+def test_pruning_epoch_dirs_keeps_the_last_ones(tmp_path, found, keep):
+    for epoch in range(1, found + 1):
+        runs.epoch_dir(tmp_path, epoch).mkdir(parents=True)
+    runs.prune_epoch_dirs(tmp_path, keep)
+    left = sorted(p.name for p in (tmp_path / runs.EPOCHS_DIR).glob("epoch-*"))
+    expected = [] if keep == 0 else list(range(max(found - keep, 0) + 1, found + 1))
+    assert left == [f"epoch-{e:04d}" for e in expected]
