@@ -23,8 +23,9 @@ from calibration import (
     run_dir,
 )
 from matplotlib.figure import Figure
+from safetensors.numpy import load_file
 
-from monteclora_pyro import metrics, runs
+from monteclora_pyro import io, metrics, runs
 from monteclora_pyro.analysis.plots import plot_reliability
 from monteclora_pyro.analysis.tables import format_table
 from monteclora_pyro.data import get_task_spec
@@ -73,6 +74,28 @@ def train_nll(run: Path) -> float:
         return math.nan
     last = history[-1]["epoch"]
     return float(np.mean([r["nll"] for r in history if r["epoch"] == last]))
+
+
+def relative_width(run: Path) -> float:
+    """How wide q(A) is against its mean: the posterior sd of an entry of A, σ‖π‖√Σ_ii over
+    the saved draws of π and Σ, divided by the root mean square of μ_A; the mean over layers.
+    NaN for a run without a latent A (the paper's objective, LoRA)."""
+    guide_file, adapter_file = run / io.GUIDE_FILE, run / io.ADAPTER_FILE
+    samples = runs.read_samples(run, "posterior")
+    if not guide_file.is_file() or samples is None:
+        return math.nan
+    guide, adapter = load_file(guide_file), load_file(adapter_file)
+    suffix = ".A.scale_unconstrained"
+    ratios = []
+    for key in (k for k in guide if k.endswith(suffix)):
+        layer = key[: -len(suffix)]
+        sigma = np.exp(guide[key])
+        pi_norm = np.linalg.norm(samples[f"{layer}.weights"], axis=-1)[:, None]
+        variances = np.diagonal(samples[f"{layer}.covariance"], axis1=-2, axis2=-1)
+        mean = next(v for k, v in adapter.items() if k.startswith(f"{layer}.lora_A"))
+        sd = (sigma * pi_norm * np.sqrt(variances)).mean()
+        ratios.append(sd / np.sqrt((mean**2).mean()))
+    return float(np.mean(ratios)) if ratios else math.nan
 
 
 def command_seconds(root: Path) -> dict[str, float]:
@@ -174,7 +197,11 @@ class TaskResults:
         for name in MONTECLORA:
             accuracy, nll = (self.mean_validation(name, k) for k in ("accuracy", "nll"))
             if not math.isnan(nll):
-                table.append({"setting": name, "val_accuracy": accuracy, "val_nll": nll})
+                width = [relative_width(d) for d in self.runs_of(name)]
+                table.append(
+                    {"setting": name, "val_accuracy": accuracy, "val_nll": nll}
+                    | {"q(A) sd ÷ rms μ_A": float(np.mean(width))}
+                )
         eligible = [r for r in table if r["val_accuracy"] >= floor]
         chosen = min(eligible, key=lambda r: r["val_nll"]) if eligible else None
         for r in table:
@@ -231,17 +258,22 @@ def task_section(
     text.append(table + "\n")
     if selection:
         rows_sel = [
-            {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()}
+            {
+                k: (("—" if math.isnan(v) else f"{v:.4f}") if isinstance(v, float) else v)
+                for k, v in r.items()
+            }
             for r in selection
         ]
         text.append(
             "MonteCLoRA settings on the validation split (lowest NLL among those whose accuracy "
-            f"is within 0.5 points of LoRA's {results.mean_validation('lora', 'accuracy'):.4f}):\n"
+            f"is within 0.5 points of LoRA's {results.mean_validation('lora', 'accuracy'):.4f}; "
+            "the last column, the Bayesian objective's q(A) sd over the root mean square of its "
+            "mean μ_A, averaged over layers and seeds, says how much of A is noise):\n"
         )
         text.append(
             format_table(
                 rows_sel,
-                ["setting", "val_accuracy", "val_nll", "eligible", "chosen"],
+                ["setting", "val_accuracy", "val_nll", "eligible", "chosen", "q(A) sd ÷ rms μ_A"],
                 markdown=True,
             )
             + "\n"
