@@ -55,7 +55,7 @@ TRAINED = {  # name -> the method's own options
         for t in ("0.1", "0.01")
     },
 }
-MONTECLORA = ("paper-1e-4", "paper-5e-3", "paper-2e-2", "bayes", "bayes-t0.1", "bayes-t0.01")
+MONTECLORA = tuple(name for name in TRAINED if name.startswith(("paper-", "bayes")))
 POST_HOC = ("temperature", "laplace", "checkpoint-ensemble", "deep-ensemble")
 POST_HOC_DIRS = (
     "temperature",

@@ -222,13 +222,18 @@ def cell(value, digits: int = 3) -> str:
 
 
 def task_section(
-    results: TaskResults, figures: Path, doc_dir: Path, default: str | None
+    results: TaskResults,
+    figures: Path,
+    doc_dir: Path,
+    selected: tuple[str | None, list[dict]],
+    default: str | None,
 ) -> tuple[str, dict]:
-    """The table, selection and reliability figure of one task; ``default`` is the setting the
-    study selected overall, shown in the figure where the task selected none itself."""
+    """The table, selection and reliability figure of one task; ``selected`` is its
+    :meth:`TaskResults.select_monteclora`, ``default`` the setting the study selected overall,
+    shown in the figure where the task selected none itself."""
     task = results.task
     chosen_m = results.select_checkpoint_members()
-    chosen, selection = results.select_monteclora()
+    chosen, selection = selected
     names = [
         ("lora", None), ("mc-dropout", None), ("temperature", None), ("laplace", None),
         (chosen_m, f"checkpoint-ensemble ({chosen_m[-2:] if chosen_m else ''})"),
@@ -486,10 +491,11 @@ def write_report(root: Path, doc: Path, args) -> None:
         if READING[0] in old and READING[1] in old:
             kept = old[old.index(READING[0]) : old.index(READING[1]) + len(READING[1])]
     results = {t: TaskResults(root, t) for t in TASKS if t != "movie-reviews"}
-    default = default_setting({t: r.select_monteclora() for t, r in results.items()})
+    selections = {t: r.select_monteclora() for t, r in results.items()}
+    default = default_setting(selections)
     sections, texts = {}, []
     for task, found in results.items():
-        text, data = task_section(found, figures, doc.parent, default)
+        text, data = task_section(found, figures, doc.parent, selections[task], default)
         texts.append(text)
         sections[task] = data
     figure = ece_accuracy_figure(sections)
