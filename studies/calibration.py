@@ -9,12 +9,15 @@ a deep ensemble of four), derives the task's post-hoc baselines from the LoRA ru
 the movie-review runs on the shifted domains, and writes
 ``docs/calibration.md`` with its figures (``studies/calibration_report.py``). Every step is a
 ``monteclora`` command, logged to ``OUTPUT_DIR/commands.log``; finished steps are skipped and
-interrupted runs resume from their checkpoints, so the same command continues a study.
+interrupted runs resume from their checkpoints, so the same command continues a study. A
+finished run trained with other settings than :data:`TASKS` now gives (say after a change to
+it) stops the study before anything runs: move it aside to rerun it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shlex
@@ -22,11 +25,13 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 from monteclora_pyro import runs
+from monteclora_pyro.cli import build_parser
+from monteclora_pyro.cli.options import configs
 
 logger = logging.getLogger("calibration")
 
@@ -181,40 +186,89 @@ class Runner:
         return True
 
 
+MOVABLE = ("output_dir", "data_dir")  # where a run lives and reads its data may change
+RESOLVED = ("target_modules", "modules_to_save")  # None: the backbone's, saved resolved
+
+
+def stale_settings(command: list[str], run: Path) -> list[str]:
+    """The settings the finished ``run`` was trained with that differ from ``command``'s."""
+    train, model = configs(build_parser().parse_args(command[1:]))
+    wanted = {"train": dataclasses.asdict(train), "monteclora": model.to_dict()}
+    saved = runs.read_config(run)
+    return [
+        f"{group}.{key}={saved[group][key]!r} (the study sets {value!r})"
+        for group, values in wanted.items()
+        for key, value in values.items()
+        if key not in MOVABLE
+        and not (key in RESOLVED and value is None)
+        and key in saved[group]
+        and saved[group][key] != value
+    ]
+
+
+def training_jobs(args, root: Path, task: str) -> list[list[str]]:
+    """The training commands of ``task`` still to run.
+
+    Raises ``SystemExit`` naming every finished run trained with other settings than the
+    study's (say after ``TASKS`` changed): move those aside to rerun them; nothing is deleted.
+    """
+    jobs, stale = [], []
+    for seed in ENSEMBLE_SEEDS:
+        for name in (m for m in TASKS[task].methods if m in args.methods):
+            if seed not in seeds_of(name):
+                continue
+            command, out = train_command(args, task, name, seed), run_dir(root, task, name, seed)
+            if not (out / runs.METRICS_FILE).is_file():
+                jobs.append(command)
+            elif differences := stale_settings(command, out):
+                stale.append(f"{out}: {', '.join(differences)}")
+    if stale:
+        raise SystemExit(
+            "finished runs trained with other settings than the study's; move them aside "
+            "(or delete them) to rerun them:\n  " + "\n  ".join(stale)
+        )
+    return jobs
+
+
+def post_hoc_jobs(args, root: Path, task: str) -> list[list[str]]:
+    """The post-hoc and shifted-domain commands of ``task`` still to run, once its training
+    is done; a post-hoc output cut off before its metrics is removed, to be redone."""
+    post = [
+        (out, command)
+        for out, command in post_hoc_commands(root, task)
+        if not (out / runs.METRICS_FILE).is_file()
+        and any(out.name.startswith(name) for name in TASKS[task].post_hoc if name in args.post_hoc)
+    ]
+    if task == "movie-reviews":
+        methods = [m for m in TASKS[task].methods if m in args.methods]
+        post += [
+            (out, command)
+            for out, command in shifted_commands(methods, root, task)
+            if not (out / runs.METRICS_FILE).is_file()
+        ]
+    for out, _ in post:
+        if runs.is_run(out) and out.name.split("-s")[0] in POST_HOC_DIRS:
+            shutil.rmtree(out)
+    return [command for _, command in post]
+
+
 def run_study(args) -> None:
+    """Run every task's training in one pool of ``args.workers`` (so that no worker idles while
+    a task finishes), then each task's post-hoc baselines once its own training is done."""
     root = Path(args.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     runner = Runner(root, args.threads)
-    for task in args.tasks:
-        methods = [m for m in TASKS[task].methods if m in args.methods]
-        post_hoc = [m for m in TASKS[task].post_hoc if m in args.post_hoc]
-        jobs = [
-            train_command(args, task, name, seed)
-            for seed in ENSEMBLE_SEEDS
-            for name in methods
-            if seed in seeds_of(name)
-            and not (run_dir(root, task, name, seed) / runs.METRICS_FILE).is_file()
-        ]
-        logger.info("%s: %d training runs to do", task, len(jobs))
-        with ThreadPoolExecutor(args.workers) as pool:
-            list(pool.map(runner, jobs))
-        post = [
-            (out, command)
-            for out, command in post_hoc_commands(root, task)
-            if not (out / runs.METRICS_FILE).is_file()
-            and any(out.name.startswith(name) for name in post_hoc)
-        ]
-        if task == "movie-reviews":
-            post += [
-                (out, command)
-                for out, command in shifted_commands(methods, root, task)
-                if not (out / runs.METRICS_FILE).is_file()
-            ]
-        for out, _ in post:  # an output cut off before its metrics is redone
-            if runs.is_run(out) and out.name.split("-s")[0] in POST_HOC_DIRS:
-                shutil.rmtree(out)
-        with ThreadPoolExecutor(args.workers) as pool:
-            list(pool.map(runner, [command for _, command in post]))
+    jobs = {task: training_jobs(args, root, task) for task in args.tasks}
+    with ThreadPoolExecutor(args.workers) as pool:
+        trained = {}
+        for task, commands in jobs.items():
+            logger.info("%s: %d training runs to do", task, len(commands))
+            trained[task] = [pool.submit(runner, command) for command in commands]
+        post = []
+        for task in args.tasks:
+            wait(trained[task])
+            post += [pool.submit(runner, command) for command in post_hoc_jobs(args, root, task)]
+        wait(post)
 
 
 def main() -> None:

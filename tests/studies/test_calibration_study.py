@@ -230,6 +230,38 @@ def test_run_study_restricts_post_hoc_and_evaluates_movie_reviews_shifted(tmp_pa
     assert pairs == sorted(set(expected) - {("lora-s0", "nyt")})
 
 
+def test_run_study_trains_every_task_before_any_post_hoc_baseline(tmp_path, recorder):
+    root = tmp_path / "study"
+    args = _args(root, tasks=["mrpc", "cola"], methods=["lora"], post_hoc=["temperature"])
+    calibration.run_study(args)
+    commands = recorder[0].commands
+    kinds = [(c[c.index("--task") + 1] if c[2] == "train" else c[1]) for c in commands]
+    assert kinds == ["mrpc"] * 4 + ["cola"] * 4 + ["calibrate"] * 6
+    calibrated = [Path(c[2]).parent.name for c in commands if c[1] == "calibrate"]
+    assert calibrated == ["mrpc"] * 3 + ["cola"] * 3
+
+
+def test_run_study_refuses_finished_runs_with_other_settings(tmp_path, recorder):
+    root = tmp_path / "study"
+    args = _args(root, tasks=["mrpc"], methods=["lora"])
+    same, other = (calibration.run_dir(root, "mrpc", "lora", s) for s in (0, 1))
+    for run, examples in ((same, None), (other, 2000)):
+        train = {"method": "lora", "output_dir": "elsewhere", "max_train_examples": examples}
+        runs.write_config(run, train, {"modules_to_save": ["classifier"], "r": 8})
+        runs.write_metrics(run, {"task": "mrpc"})
+    with pytest.raises(SystemExit) as raised:
+        calibration.run_study(args)
+    message = str(raised.value)
+    assert f"{other}: train.max_train_examples=2000 (the study sets None)" in message
+    assert str(same) not in message  # output_dir moved, modules_to_save resolved: the same
+    assert recorder[0].commands == []
+    assert runs.read_metrics(other) == {"task": "mrpc"}  # nothing deleted
+
+    runs.write_config(other, {"method": "lora", "max_train_examples": None}, {"r": 4})
+    with pytest.raises(SystemExit, match=r"lora-s1: monteclora.r=4 \(the study sets 8\)"):
+        calibration.run_study(args)
+
+
 # ------------------------------------------------------------------------------ the report
 
 N_VAL, N_DEV = 1000, 200
