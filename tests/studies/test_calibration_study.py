@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from monteclora_pyro import metrics, runs
 from monteclora_pyro.cli import build_parser
@@ -31,8 +32,11 @@ def test_tasks_give_sst2_every_method_and_the_other_tasks_the_core():
     sst2 = calibration.TASKS["sst2"]
     assert sst2.methods == tuple(calibration.TRAINED)
     assert sst2.post_hoc == calibration.POST_HOC
+    assert calibration.TASKS["cola"].methods == calibration.CORE
+    assert calibration.TASKS["mrpc"].methods == (*calibration.CORE, "bayes-t0.01-init")
+    assert set(calibration.TASKS["rte"].methods) < set(calibration.CORE)
     for task in ("mrpc", "cola", "rte"):
-        assert calibration.TASKS[task].methods == calibration.CORE
+        assert {"lora", "mc-dropout", "bayes-t0.1"} <= set(calibration.TASKS[task].methods)
         assert calibration.TASKS[task].post_hoc == calibration.CORE_POST_HOC
     movies = calibration.TASKS["movie-reviews"]
     assert movies.methods == calibration.CORE
@@ -118,7 +122,13 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
                 assert train.keep_epoch_checkpoints >= max(calibration.CHECKPOINT_MEMBERS)
             if name.startswith("bayes-t"):  # the tempered objective, T in the name
                 assert (train.method, model.objective) == ("monteclora", "bayes")
-                assert model.kl_loss_weight == pytest.approx(float(name.removeprefix("bayes-t")))
+                temperature = name.removeprefix("bayes-t").removesuffix("-init")
+                assert model.kl_loss_weight == pytest.approx(float(temperature))
+            if name.endswith("-init"):  # Λ held at the precision of LoRA's initial A rows
+                gain = torch.nn.init.calculate_gain("leaky_relu", math.sqrt(5))
+                bound = gain * math.sqrt(3 / 384)  # kaiming_uniform_ on MiniLM's 384 inputs
+                assert model.precision_scale == pytest.approx(3 / bound**2)  # 1 / Var U(±b)
+                assert model.precision_df >= 1e4
 
 
 def test_post_hoc_and_shifted_commands_parse(tmp_path):
