@@ -190,9 +190,27 @@ class TaskResults:
         nlls = {n: v for n, v in nlls.items() if not math.isnan(v)}
         return min(nlls, key=nlls.get) if nlls else None
 
+    def majority_rate(self) -> float:
+        """Mean share of the most frequent class in the validation splits of LoRA's runs."""
+        shares = []
+        for run in self.runs_of("lora"):
+            directory = runs.evaluation_dir(run, self.task, runs.VALIDATION_SPLIT)
+            if runs.has_predictions(directory):
+                labels = runs.read_predictions(directory).labels
+                shares.append(np.bincount(labels).max() / len(labels))
+        return float(np.mean(shares)) if shares else math.nan
+
+    def learned(self) -> bool:
+        """Whether LoRA beats the majority class on validation by more than 0.5 points; where
+        it does not, every constant predictor is "within 0.5 points" of it."""
+        return self.mean_validation("lora", "accuracy") - self.majority_rate() > ACCURACY_SLACK
+
     def select_monteclora(self) -> tuple[str | None, list[dict]]:
-        """The MonteCLoRA setting with the lowest validation NLL at accuracy within 0.5 points."""
+        """The MonteCLoRA setting with the lowest validation NLL at accuracy within 0.5 points
+        of LoRA's; none on a task LoRA has not learned (:meth:`learned`)."""
         floor = self.mean_validation("lora", "accuracy") - ACCURACY_SLACK
+        if not self.learned():
+            floor = math.inf
         table = []
         for name in MONTECLORA:
             accuracy, nll = (self.mean_validation(name, k) for k in ("accuracy", "nll"))
@@ -275,6 +293,12 @@ def task_section(
             "the last column, the Bayesian objective's q(A) sd over the root mean square of its "
             "mean μ_A, averaged over layers and seeds, says how much of A is noise):\n"
         )
+        if not results.learned():
+            text.append(
+                f"LoRA's validation accuracy is within 0.5 points of the majority class's share "
+                f"({results.majority_rate():.4f}): LoRA has not learned the task, so it selects "
+                "no setting.\n"
+            )
         text.append(
             format_table(
                 rows_sel,
@@ -316,13 +340,14 @@ def reliability_figure(
 
 def default_setting(selections: dict) -> str | None:
     """The setting selected on the most tasks that compared several (ties: the lowest mean
-    validation-NLL rank); a task that ran one setting only tests it and has no vote."""
-    compared = [(c, table) for c, table in selections.values() if len(table) > 1]
-    chosen = [c for c, _ in compared if c]
+    validation-NLL rank on those tasks); a task that ran one setting only tests it, and a task
+    that selected none ranks nothing: neither has a vote."""
+    voted = [(c, table) for c, table in selections.values() if c and len(table) > 1]
+    chosen = [c for c, _ in voted]
     if not chosen:
         return None
     ranks: dict[str, list[int]] = {}
-    for _, table in compared:
+    for _, table in voted:
         for rank, r in enumerate(sorted(table, key=lambda r: r["val_nll"])):
             ranks.setdefault(r["setting"], []).append(rank)
     return min(sorted(set(chosen)), key=lambda s: (-chosen.count(s), np.mean(ranks[s])))

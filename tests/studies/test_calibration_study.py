@@ -478,6 +478,34 @@ def test_default_setting_majority_then_mean_rank():
     assert report.default_setting({"x": (None, two), "y": ("c", two)}) == "c"
     assert report.default_setting({"x": (None, two)}) is None
     assert report.default_setting({}) is None
+    # nor does it rank: a ranks 0 there, which would break the tie for a (mean 2/3 against 1)
+    ranked = {"x": ("a", first), "y": ("b", second), "z": (None, first)}
+    assert report.default_setting(ranked) == "b"
+
+
+def test_a_task_lora_has_not_learned_selects_nothing(tmp_path):
+    # balanced labels: LoRA right on 500 of 1000 validation examples is the majority class's
+    # share; a setting right on 520 is "within 0.5 points" of it, yet compares nothing
+    for name, k in (("lora", 500), ("bayes-t0.1", 520), ("bayes-t0.01", 505)):
+        for seed in calibration.SEEDS:
+            predictions = make_predictions(N_VAL, k, 0.6, draws=_draws(name), seed=seed)
+            write_run(tmp_path, "cola", name, seed, predictions, predictions)
+    results = report.TaskResults(tmp_path, "cola")
+    majority = np.mean(
+        [
+            np.bincount(make_predictions(N_VAL, 500, 0.6, seed=s).labels).max() / N_VAL
+            for s in calibration.SEEDS
+        ]
+    )
+    assert results.majority_rate() == pytest.approx(majority, abs=1e-12)
+    assert abs(majority - 0.5) < 3 * 0.5 / math.sqrt(N_VAL)  # fair coin labels
+    assert not results.learned()
+    chosen, table = results.select_monteclora()
+    assert chosen is None
+    assert [(r["setting"], r["eligible"]) for r in table] == [
+        ("bayes-t0.1", False),
+        ("bayes-t0.01", False),
+    ]
 
 
 GOAL_NAMES = ("lora", "mc-dropout", *calibration.MONTECLORA)
