@@ -17,20 +17,18 @@ from calibration import (
     ENSEMBLE_SEEDS,
     MONTECLORA,
     SEEDS,
-    SHIFTED,
     TASKS,
     TRAINED,
     run_dir,
 )
+from calibration_scores import cell, normalised, relative_width, scores, train_nll
+from calibration_shifted import shifted_section
 from matplotlib.figure import Figure
-from safetensors.numpy import load_file
 
-from monteclora_pyro import io, metrics, runs
+from monteclora_pyro import runs
 from monteclora_pyro.analysis.plots import plot_reliability
 from monteclora_pyro.analysis.tables import format_table
 from monteclora_pyro.data import get_task_spec
-from monteclora_pyro.experiments.ensemble import average
-from monteclora_pyro.experiments.temperature import scale
 
 READING = ("<!-- READING -->", "<!-- /READING -->")
 ACCURACY_SLACK = 0.005  # "accuracy within 0.5 points of LoRA's"
@@ -39,63 +37,6 @@ COLUMNS = (
     "method", "score", "accuracy", "ece15", "ece10", "nll", "brier", "sel_auc",
     "mutual_information", "train_nll", "train_time", "eval_time", "seeds",
 )  # fmt: skip
-
-
-def normalised(probs: np.ndarray) -> np.ndarray:
-    probs = np.asarray(probs, dtype=np.float64)
-    return probs / probs.sum(-1, keepdims=True)
-
-
-def scores(predictions, task: str) -> dict:
-    """The reported figures of one run's posterior predictive; ``score`` is the task's own
-    metric (its spec's first, e.g. MCC for CoLA), accuracy for a task without one."""
-    probs, labels = normalised(predictions.predictive_probs), predictions.labels
-    extra = get_task_spec(task).metrics
-    report = metrics.classification_report(probs, labels, extra)
-    correct = probs.argmax(-1) == labels
-    return {
-        "score": report[extra[0]] if extra else report["accuracy"],
-        "accuracy": report["accuracy"],
-        "ece15": report["ece"],
-        "ece10": metrics.ece(probs, labels, n_bins=10),
-        "nll": report["nll"],
-        "brier": report["brier"],
-        "sel_auc": metrics.area_under_accuracy_coverage(probs.max(-1), correct),
-        "mutual_information": float(
-            metrics.mutual_information(normalised(predictions.draw_probs)).mean()
-        ),
-    }
-
-
-def train_nll(run: Path) -> float:
-    """Mean training-batch NLL over the last epoch of a trained run."""
-    history = runs.read_history(run, kind="train")
-    if not history:
-        return math.nan
-    last = history[-1]["epoch"]
-    return float(np.mean([r["nll"] for r in history if r["epoch"] == last]))
-
-
-def relative_width(run: Path) -> float:
-    """How wide q(A) is against its mean: the posterior sd of an entry of A, σ‖π‖√Σ_ii over
-    the saved draws of π and Σ, divided by the root mean square of μ_A; the mean over layers.
-    NaN for a run without a latent A (the paper's objective, LoRA)."""
-    guide_file, adapter_file = run / io.GUIDE_FILE, run / io.ADAPTER_FILE
-    samples = runs.read_samples(run, "posterior")
-    if not guide_file.is_file() or samples is None:
-        return math.nan
-    guide, adapter = load_file(guide_file), load_file(adapter_file)
-    suffix = ".A.scale_unconstrained"
-    ratios = []
-    for key in (k for k in guide if k.endswith(suffix)):
-        layer = key[: -len(suffix)]
-        sigma = np.exp(guide[key])
-        pi_norm = np.linalg.norm(samples[f"{layer}.weights"], axis=-1)[:, None]
-        variances = np.diagonal(samples[f"{layer}.covariance"], axis1=-2, axis2=-1)
-        mean = next(v for k, v in adapter.items() if k.startswith(f"{layer}.lora_A"))
-        sd = (sigma * pi_norm * np.sqrt(variances)).mean()
-        ratios.append(sd / np.sqrt((mean**2).mean()))
-    return float(np.mean(ratios)) if ratios else math.nan
 
 
 def command_seconds(root: Path) -> dict[str, float]:
@@ -226,17 +167,6 @@ class TaskResults:
             r["eligible"] = r in eligible
             r["chosen"] = r is chosen
         return (chosen["setting"] if chosen else None), table
-
-
-def cell(value, digits: int = 3) -> str:
-    if isinstance(value, tuple):
-        mean, sd = value
-        if math.isnan(mean):
-            return "—"
-        return f"{mean:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
-    if isinstance(value, float):
-        return "—" if math.isnan(value) else f"{value:.2f}×"
-    return str(value)
 
 
 def task_section(
@@ -413,97 +343,6 @@ def ece_accuracy_figure(sections: dict) -> Figure | None:
         ax.set_ylabel("ECE (15 bins)")
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return fig
-
-
-def _shifted_members(root: Path, name: str) -> list[tuple[object, dict]]:
-    """(in-domain predictions, {domain: predictions}) per seed of a method on movie reviews.
-
-    Temperature scaling applies each LoRA run's validation temperature; the deep ensemble of
-    four averages the LoRA runs' predictions, in domain and on each shifted domain.
-    """
-    task = "movie-reviews"
-
-    def read(run: Path):
-        shifted = {d: runs.evaluation_dir(run, d, "test") for d in SHIFTED}
-        if not (run / runs.METRICS_FILE).is_file():
-            return None
-        found = {d: runs.read_predictions(p) for d, p in shifted.items() if runs.has_predictions(p)}
-        return runs.read_predictions(run), found
-
-    if name == "temperature":
-        members = []
-        for seed in SEEDS:
-            calibrated = run_dir(root, task, "temperature", seed)
-            lora = read(run_dir(root, task, "lora", seed))
-            if lora is None or not (calibrated / runs.METRICS_FILE).is_file():
-                continue
-            value = runs.read_metrics(calibrated)["temperature"]
-            members.append(
-                (
-                    runs.read_predictions(calibrated),
-                    {d: _scaled(p, value) for d, p in lora[1].items()},
-                )
-            )
-        return members
-    if name == "deep-ensemble-m4":
-        ensemble = run_dir(root, task, name, 0)
-        loras = [read(run_dir(root, task, "lora", s)) for s in ENSEMBLE_SEEDS]
-        if not (ensemble / runs.METRICS_FILE).is_file() or any(x is None for x in loras):
-            return []
-        domains = set.intersection(*(set(x[1]) for x in loras))
-        shifted = {d: average([x[1][d] for x in loras]) for d in SHIFTED if d in domains}
-        return [(runs.read_predictions(ensemble), shifted)]
-    return [m for s in SEEDS if (m := read(run_dir(root, task, name, s))) is not None]
-
-
-def _scaled(predictions, temperature: float):
-    return runs.Predictions(
-        predictions.labels,
-        scale(predictions.mean_probs, temperature),
-        scale(predictions.draw_probs, temperature),
-    )
-
-
-def shifted_section(root: Path) -> str:
-    rows = []
-    for name in (*TRAINED, "temperature", "deep-ensemble-m4"):
-        members = [m for m in _shifted_members(root, name) if m[1]]
-        if not members:
-            continue
-        row = {"method": name, "seeds": len(members)}
-        for domain in SHIFTED:
-            found = [(inside, shifted[domain]) for inside, shifted in members if domain in shifted]
-            if not found:
-                continue
-            per_seed = [
-                (
-                    scores(out, domain),
-                    metrics.auroc(
-                        metrics.predictive_entropy(inside.draw_probs),
-                        metrics.predictive_entropy(out.draw_probs),
-                    ),
-                )
-                for inside, out in found
-            ]
-            for key, values in (
-                ("acc", [s["accuracy"] for s, _ in per_seed]),
-                ("ECE", [s["ece15"] for s, _ in per_seed]),
-                ("AUROC", [a for _, a in per_seed]),
-            ):
-                sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
-                row[f"{domain} {key}"] = cell((float(np.mean(values)), sd))
-        rows.append(row)
-    if not rows:
-        return "## Shifted domains\n\nNot run yet (`--tasks movie-reviews`).\n"
-    columns = ["method", "seeds"] + [f"{d} {k}" for d in SHIFTED for k in ("acc", "ECE", "AUROC")]
-    return (
-        "## Shifted domains\n\nTrained on movie reviews (first 2,000 training examples, 3 "
-        "epochs); evaluated on the first 500 test examples of each shifted domain (mean ± sd "
-        "over seeds). OOD AUROC: how well the predictive entropy separates the domain's "
-        "examples from the movie-review evaluation split (0.5: not at all). Temperature "
-        "scaling applies each LoRA run's validation temperature; the deep ensemble averages "
-        "the four LoRA runs.\n\n" + format_table(rows, columns, markdown=True) + "\n"
-    )
 
 
 def write_report(root: Path, doc: Path, args) -> None:

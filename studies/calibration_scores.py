@@ -1,0 +1,81 @@
+"""The figures the calibration report gives each run: scores of its posterior predictive,
+its training NLL, the width of its q(A), and how a figure is printed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from monteclora_pyro import io, metrics, runs
+from monteclora_pyro.data import get_task_spec
+
+
+def normalised(probs: np.ndarray) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    return probs / probs.sum(-1, keepdims=True)
+
+
+def scores(predictions, task: str) -> dict:
+    """The reported figures of one run's posterior predictive; ``score`` is the task's own
+    metric (its spec's first, e.g. MCC for CoLA), accuracy for a task without one."""
+    probs, labels = normalised(predictions.predictive_probs), predictions.labels
+    extra = get_task_spec(task).metrics
+    report = metrics.classification_report(probs, labels, extra)
+    correct = probs.argmax(-1) == labels
+    return {
+        "score": report[extra[0]] if extra else report["accuracy"],
+        "accuracy": report["accuracy"],
+        "ece15": report["ece"],
+        "ece10": metrics.ece(probs, labels, n_bins=10),
+        "nll": report["nll"],
+        "brier": report["brier"],
+        "sel_auc": metrics.area_under_accuracy_coverage(probs.max(-1), correct),
+        "mutual_information": float(
+            metrics.mutual_information(normalised(predictions.draw_probs)).mean()
+        ),
+    }
+
+
+def train_nll(run: Path) -> float:
+    """Mean training-batch NLL over the last epoch of a trained run."""
+    history = runs.read_history(run, kind="train")
+    if not history:
+        return math.nan
+    last = history[-1]["epoch"]
+    return float(np.mean([r["nll"] for r in history if r["epoch"] == last]))
+
+
+def relative_width(run: Path) -> float:
+    """How wide q(A) is against its mean: the posterior sd of an entry of A, σ‖π‖√Σ_ii over
+    the saved draws of π and Σ, divided by the root mean square of μ_A; the mean over layers.
+    NaN for a run without a latent A (the paper's objective, LoRA)."""
+    guide_file, adapter_file = run / io.GUIDE_FILE, run / io.ADAPTER_FILE
+    samples = runs.read_samples(run, "posterior")
+    if not guide_file.is_file() or samples is None:
+        return math.nan
+    guide, adapter = load_file(guide_file), load_file(adapter_file)
+    suffix = ".A.scale_unconstrained"
+    ratios = []
+    for key in (k for k in guide if k.endswith(suffix)):
+        layer = key[: -len(suffix)]
+        sigma = np.exp(guide[key])
+        pi_norm = np.linalg.norm(samples[f"{layer}.weights"], axis=-1)[:, None]
+        variances = np.diagonal(samples[f"{layer}.covariance"], axis1=-2, axis2=-1)
+        mean = next(v for k, v in adapter.items() if k.startswith(f"{layer}.lora_A"))
+        sd = (sigma * pi_norm * np.sqrt(variances)).mean()
+        ratios.append(sd / np.sqrt((mean**2).mean()))
+    return float(np.mean(ratios)) if ratios else math.nan
+
+
+def cell(value, digits: int = 3) -> str:
+    if isinstance(value, tuple):
+        mean, sd = value
+        if math.isnan(mean):
+            return "—"
+        return f"{mean:.{digits}f}" + ("" if sd is None else f" ± {sd:.{digits}f}")
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else f"{value:.2f}×"
+    return str(value)
