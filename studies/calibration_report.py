@@ -56,16 +56,23 @@ class TaskResults:
     def __init__(self, root: Path, task: str):
         self.root, self.task = root, task
         self.seconds = command_seconds(root)
+        self._validation: dict[Path, runs.Predictions | None] = {}
 
     def runs_of(self, name: str, seeds=SEEDS) -> list[Path]:
         found = [run_dir(self.root, self.task, name, s) for s in seeds]
         return [d for d in found if (d / runs.METRICS_FILE).is_file()]
 
+    def validation_predictions(self, run: Path) -> runs.Predictions | None:
+        """The predictions of ``run`` on its carved validation split, read once."""
+        if run not in self._validation:
+            directory = runs.evaluation_dir(run, self.task, runs.VALIDATION_SPLIT)
+            found = runs.read_predictions(directory) if runs.has_predictions(directory) else None
+            self._validation[run] = found
+        return self._validation[run]
+
     def validation(self, run: Path) -> dict | None:
-        directory = runs.evaluation_dir(run, self.task, runs.VALIDATION_SPLIT)
-        if not runs.has_predictions(directory):
-            return None
-        return scores(runs.read_predictions(directory), self.task)
+        predictions = self.validation_predictions(run)
+        return None if predictions is None else scores(predictions, self.task)
 
     def mean_validation(self, name: str, key: str) -> float:
         values = [v[key] for d in self.runs_of(name) if (v := self.validation(d)) is not None]
@@ -135,10 +142,8 @@ class TaskResults:
         """Mean share of the most frequent class in the validation splits of LoRA's runs."""
         shares = []
         for run in self.runs_of("lora"):
-            directory = runs.evaluation_dir(run, self.task, runs.VALIDATION_SPLIT)
-            if runs.has_predictions(directory):
-                labels = runs.read_predictions(directory).labels
-                shares.append(np.bincount(labels).max() / len(labels))
+            if (predictions := self.validation_predictions(run)) is not None:
+                shares.append(np.bincount(predictions.labels).max() / len(predictions.labels))
         return float(np.mean(shares)) if shares else math.nan
 
     def learned(self) -> bool:
