@@ -103,7 +103,7 @@ class TaskSetting:
 TASKS = {
     "sst2": TaskSetting(2000, 64, 3, methods=tuple(TRAINED), post_hoc=POST_HOC),
     "mrpc": TaskSetting(None, 96, 3, methods=MRPC),
-    "cola": TaskSetting(2000, 48, 3),
+    "cola": TaskSetting(None, 48, 3),
     "rte": TaskSetting(None, 128, 3, methods=RTE),
     "movie-reviews": TaskSetting(2000, 64, 3, post_hoc=("temperature", "deep-ensemble")),
 }

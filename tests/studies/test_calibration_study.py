@@ -38,6 +38,7 @@ def test_tasks_give_sst2_every_method_and_the_other_tasks_the_core():
     for task in ("mrpc", "cola", "rte"):
         assert {"lora", "mc-dropout", "bayes-t0.1"} <= set(calibration.TASKS[task].methods)
         assert calibration.TASKS[task].post_hoc == calibration.CORE_POST_HOC
+        assert calibration.TASKS[task].max_train_examples is None  # the full training sets
     movies = calibration.TASKS["movie-reviews"]
     assert movies.methods == calibration.CORE
     assert set(movies.post_hoc) <= set(calibration.CORE_POST_HOC)
