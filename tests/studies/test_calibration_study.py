@@ -32,8 +32,8 @@ def test_tasks_give_sst2_every_method_and_the_other_tasks_the_core():
     sst2 = calibration.TASKS["sst2"]
     assert sst2.methods == tuple(calibration.TRAINED)
     assert sst2.post_hoc == calibration.POST_HOC
-    assert calibration.TASKS["cola"].methods == calibration.CORE
-    assert calibration.TASKS["mrpc"].methods == (*calibration.CORE, "bayes-t0.01-init")
+    for task in ("mrpc", "cola"):
+        assert calibration.TASKS[task].methods == (*calibration.CORE, "bayes-t0.01-init")
     assert set(calibration.TASKS["rte"].methods) < set(calibration.CORE)
     for task in ("mrpc", "cola", "rte"):
         assert {"lora", "mc-dropout", "bayes-t0.1"} <= set(calibration.TASKS[task].methods)
