@@ -180,8 +180,9 @@ class MonteCLoRAConfig:
         """The default for uncertainty work: the Bayesian objective with its KL tempered to
         T = 0.1, the setting selected on the validation splits of docs/calibration.md.
 
-        It was selected on SST-2; on MRPC it collapses to the majority class and on RTE it
-        stays at chance: check its validation accuracy against LoRA's before relying on it."""
+        It was selected on SST-2; on MRPC and CoLA it collapses to the majority class and on
+        RTE it stays at chance: check its validation accuracy against LoRA's before relying on
+        it."""
         return cls.bayes(**{"kl_loss_weight": 0.1, **overrides})
 
     @classmethod
