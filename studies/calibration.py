@@ -39,6 +39,7 @@ SEEDS = (0, 1, 2)
 ENSEMBLE_SEEDS = (0, 1, 2, 3)  # LoRA's seeds: the deep ensemble of four
 CHECKPOINT_MEMBERS = (2, 3)  # M of the checkpoint ensembles, selected on validation
 SHIFTED = ("tweets", "amazon", "nyt")
+SHIFTED_EXAMPLES = 500  # evaluated per shifted domain: the first of its test split
 
 
 COMMON = [
@@ -164,7 +165,7 @@ def shifted_commands(methods, root: Path, task: str) -> list[tuple[Path, list[st
             for domain in SHIFTED:
                 target = runs.evaluation_dir(out, domain, "test")
                 command = ["monteclora", "--quiet", "evaluate", str(out), "--task", domain]
-                command += ["--split", "test", "--max-eval-examples", "500"]
+                command += ["--split", "test", "--max-eval-examples", str(SHIFTED_EXAMPLES)]
                 jobs.append((target, command))
     return jobs
 

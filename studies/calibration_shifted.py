@@ -6,13 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from calibration import ENSEMBLE_SEEDS, SEEDS, SHIFTED, TRAINED, run_dir
+from calibration import ENSEMBLE_SEEDS, SEEDS, SHIFTED, SHIFTED_EXAMPLES, TASKS, TRAINED, run_dir
 from calibration_scores import cell, scores
 
 from monteclora_pyro import metrics, runs
 from monteclora_pyro.analysis.tables import format_table
 from monteclora_pyro.experiments.ensemble import average
-from monteclora_pyro.experiments.temperature import scale
+from monteclora_pyro.experiments.temperature import scale_predictions
+
+TASK = "movie-reviews"
 
 
 def _shifted_members(root: Path, name: str) -> list[tuple[object, dict]]:
@@ -21,12 +23,12 @@ def _shifted_members(root: Path, name: str) -> list[tuple[object, dict]]:
     Temperature scaling applies each LoRA run's validation temperature; the deep ensemble of
     four averages the LoRA runs' predictions, in domain and on each shifted domain.
     """
-    task = "movie-reviews"
+    task = TASK
 
     def read(run: Path):
-        shifted = {d: runs.evaluation_dir(run, d, "test") for d in SHIFTED}
         if not (run / runs.METRICS_FILE).is_file():
             return None
+        shifted = {d: runs.evaluation_dir(run, d, "test") for d in SHIFTED}
         found = {d: runs.read_predictions(p) for d, p in shifted.items() if runs.has_predictions(p)}
         return runs.read_predictions(run), found
 
@@ -41,7 +43,7 @@ def _shifted_members(root: Path, name: str) -> list[tuple[object, dict]]:
             members.append(
                 (
                     runs.read_predictions(calibrated),
-                    {d: _scaled(p, value) for d, p in lora[1].items()},
+                    {d: scale_predictions(p, value) for d, p in lora[1].items()},
                 )
             )
         return members
@@ -54,14 +56,6 @@ def _shifted_members(root: Path, name: str) -> list[tuple[object, dict]]:
         shifted = {d: average([x[1][d] for x in loras]) for d in SHIFTED if d in domains}
         return [(runs.read_predictions(ensemble), shifted)]
     return [m for s in SEEDS if (m := read(run_dir(root, task, name, s))) is not None]
-
-
-def _scaled(predictions, temperature: float):
-    return runs.Predictions(
-        predictions.labels,
-        scale(predictions.mean_probs, temperature),
-        scale(predictions.draw_probs, temperature),
-    )
 
 
 def shifted_section(root: Path) -> str:
@@ -96,11 +90,14 @@ def shifted_section(root: Path) -> str:
     if not rows:
         return "## Shifted domains\n\nNot run yet (`--tasks movie-reviews`).\n"
     columns = ["method", "seeds"] + [f"{d} {k}" for d in SHIFTED for k in ("acc", "ECE", "AUROC")]
+    setting, table = TASKS[TASK], format_table(rows, columns, markdown=True)
+    size = setting.max_train_examples
     return (
-        "## Shifted domains\n\nTrained on movie reviews (first 2,000 training examples, 3 "
-        "epochs); evaluated on the first 500 test examples of each shifted domain (mean ± sd "
-        "over seeds). OOD AUROC: how well the predictive entropy separates the domain's "
-        "examples from the movie-review evaluation split (0.5: not at all). Temperature "
-        "scaling applies each LoRA run's validation temperature; the deep ensemble averages "
-        "the four LoRA runs.\n\n" + format_table(rows, columns, markdown=True) + "\n"
+        "## Shifted domains\n\nTrained on movie reviews "
+        f"({f'first {size:,}' if size else 'all'} training examples, {setting.epochs} "
+        f"epochs); evaluated on the first {SHIFTED_EXAMPLES} test examples of each shifted "
+        "domain (mean ± sd over seeds). OOD AUROC: how well the predictive entropy separates "
+        "the domain's examples from the movie-review evaluation split (0.5: not at all). "
+        "Temperature scaling applies each LoRA run's validation temperature; the deep "
+        f"ensemble averages the four LoRA runs.\n\n{table}\n"
     )

@@ -34,6 +34,15 @@ def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
     return exp / exp.sum(-1, keepdims=True)
 
 
+def scale_predictions(predictions: Predictions, temperature: float) -> Predictions:
+    """``predictions`` with :func:`scale` applied to the plug-in and to every draw."""
+    return Predictions(
+        labels=predictions.labels,
+        mean_probs=scale(predictions.mean_probs, temperature),
+        draw_probs=scale(predictions.draw_probs, temperature),
+    )
+
+
 def scaled_nll(probs: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     """Mean NLL of ``labels`` under :func:`scale` (``probs``, ``temperature``)."""
     scaled = scale(probs, temperature)[np.arange(len(labels)), labels]
@@ -95,11 +104,7 @@ def temperature_scale(run_dir: str | Path, output_dir: str | Path) -> dict:
     validation = runs.read_predictions(validation_dir)
     predictions = runs.read_predictions(run_dir)
     temperature = fit_temperature(validation.mean_probs, validation.labels)
-    scaled = Predictions(
-        labels=predictions.labels,
-        mean_probs=scale(predictions.mean_probs, temperature),
-        draw_probs=scale(predictions.draw_probs, temperature),
-    )
+    scaled = scale_predictions(predictions, temperature)
     evaluation = ClassEvaluation(scaled)
     metrics = {
         "task": source["task"],
