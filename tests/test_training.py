@@ -216,6 +216,8 @@ def test_evaluating_on_a_task_with_another_label_set_fails(toy_assets, tmp_path)
         ("batch_size", 0, ">= 1"),
         ("optimizer", "sgd", "'adamw', 'clipped_adam'"),
         ("warmup_ratio", 1.0, "[0, 1)"),
+        ("guide_delay_ratio", 1.0, "[0, 1)"),
+        ("guide_delay_ratio", -0.1, "[0, 1)"),
         ("device", "gpu0", "a torch device"),
     ],
 )

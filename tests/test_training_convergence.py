@@ -1,4 +1,5 @@
-"""Convergence figures, the guide's learning rate, KL warm-up and the Bayesian objective's runs."""
+"""Convergence figures, the guide's learning rate, KL warm-up, the guide's delay and the
+Bayesian objective's runs."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from monteclora_pyro.training.convergence import (
     relative_changes,
     snr_threshold,
 )
+from monteclora_pyro.training.optim import kl_factor, linear_lr
 
 
 def _config(toy_assets, out, **overrides) -> TrainConfig:
@@ -119,6 +121,35 @@ def test_kl_warm_up_scales_the_first_steps_kl(toy_assets, tmp_path):
     for term in ("kl_covariance", "kl_concentration", "kl_weights", "kl_noise"):
         assert b[term] == pytest.approx(a[term] / 4, rel=1e-5), term
     assert b["nll"] == pytest.approx(a["nll"], rel=1e-6)
+
+
+def test_kl_factor_is_off_through_the_delay_then_warms_up_from_its_end():
+    assert [kl_factor(s, 0, 0) for s in range(3)] == [1.0, 1.0, 1.0]
+    assert [kl_factor(s, 0, 4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert [kl_factor(s, 2, 0) for s in range(4)] == [0.0, 0.0, 1.0, 1.0]
+    assert [kl_factor(s, 2, 2) for s in range(5)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    # The learning rate: warm-up to the peak over 2 of 6 steps, then linear decay to 0.
+    assert [linear_lr(s, 2, 6) for s in range(7)] == pytest.approx(
+        [1 / 3, 2 / 3, 1.0, 0.75, 0.5, 0.25, 0.0]
+    )
+
+
+def test_guide_delay_holds_the_guide_and_switches_the_kl_off(toy_assets, tmp_path):
+    out = tmp_path / "delay"
+    config = _config(toy_assets, out, max_steps=4, epochs=1, guide_delay_ratio=0.5)
+    trainer = Trainer(config, MonteCLoRAConfig.bayes(r=4), progress=False)
+    assert trainer.guide_delay == 2
+    trainer.train()
+    kl = [sum(v for k, v in r.items() if k.startswith("kl_")) for r in _records(out, "train")]
+    assert kl[:2] == [0.0, 0.0] and all(abs(v) > 0 for v in kl[2:]), kl
+    # The optimiser skipped the guide, moments and all, on the two delayed steps only.
+    guide = {id(p) for p in trainer.variational.values()}
+    state = trainer.optimizer.state
+    assert {int(state[p]["step"]) for p in trainer.params if id(p) in guide} == {2}
+    assert {int(state[p]["step"]) for p in trainer.params if id(p) not in guide} == {4}
+    lora = _config(toy_assets, tmp_path / "lora", method="lora", guide_delay_ratio=0.5)
+    with pytest.raises(ValueError, match="guide_delay_ratio=0.5 .* method 'lora' has none"):
+        Trainer(lora, MonteCLoRAConfig(r=4), progress=False)
 
 
 def test_the_bayesian_objective_trains_end_to_end_and_lora_refuses_it(toy_assets, tmp_path):

@@ -75,6 +75,13 @@ def train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
         default=d.kl_warmup_steps,
         help="grow the KL terms linearly to full weight over these steps (default: %(default)s)",
     )
+    add(
+        "--guide-delay-ratio",
+        type=float,
+        default=d.guide_delay_ratio,
+        help="fraction of the steps trained as plain LoRA first: KL off, guide held "
+        "(default: %(default)s)",
+    )
     add("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
     add("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="(default: %(default)s)")
     add(

@@ -72,7 +72,6 @@ class MonteCLoRAModel(PyroModule):
         self.num_labels = likelihood.num_labels(hf_model)
         self.likelihood = likelihood
         self.objective = OBJECTIVES[config.objective]
-        self.kl_factor = 1.0
         targets = config.target_modules or default_target_modules(hf_model)
         paths = match_target_modules(hf_model, targets)
         heads = (
@@ -120,9 +119,8 @@ class MonteCLoRAModel(PyroModule):
 
     @property
     def latent_scale(self) -> float:
-        """Scale of the latent sites: the objective's (η·N/L for the paper's, T for the ELBO's),
-        times ``kl_factor`` (a KL warm-up sets it below 1 early in training)."""
-        return self.objective.latent_scale(self) * self.kl_factor
+        """Scale of the latent sites: the objective's (η·N/L for the paper's, T for the ELBO's)."""
+        return self.objective.latent_scale(self)
 
     def sample_latents(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Sample every latent site (unscaled): the layers', then the likelihood's.

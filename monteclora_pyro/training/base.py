@@ -54,9 +54,12 @@ class Method(ABC):
         return {} if self.guide is None else dict(self.guide.named_variational_parameters())
 
     def set_kl_factor(self, factor: float) -> None:
-        """Multiply the KL terms by ``factor`` (a KL warm-up, ``kl_warmup_steps``)."""
+        """Multiply the KL terms by ``factor`` (``guide_delay_ratio``, ``kl_warmup_steps``)."""
         if factor != 1.0:
-            raise ValueError(f"method {self.name!r} has no KL terms to warm up (kl_warmup_steps)")
+            raise ValueError(
+                f"method {self.name!r} has no KL terms to delay or warm up "
+                "(guide_delay_ratio, kl_warmup_steps)"
+            )
 
     @abstractmethod
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -52,7 +52,14 @@ class TrainConfig:
         5e-4, 1e-2 and 5e-2 to approach convergence in ``studies/guide_lr.py``
         (``docs/guide_lr.md``); at the adapter's rate the guide barely moves.
     kl_warmup_steps : int
-        The KL terms grow linearly from 0 to full weight over these first steps (0: none).
+        The KL terms grow linearly from 0 to full weight over these first steps (0: none),
+        counted from the end of ``guide_delay_ratio``.
+    guide_delay_ratio : float
+        In [0, 1): the fraction of the steps trained as plain LoRA first, with the KL terms
+        off and the guide's variational parameters held at their initial values. While
+        B = 0 the likelihood cannot oppose a widening q(A), so from the first step the KL
+        widens it to the prior's width; a KL warm-up does not slow that under Adam, which
+        normalises the gradient's scale (``docs/calibration.md``).
     weight_decay : float
         Decoupled weight decay (AdamW) or L2 (ClippedAdam).
     optimizer : {"adamw", "clipped_adam"}
@@ -113,6 +120,7 @@ class TrainConfig:
     lr: float = 5e-4
     guide_lr: float | None = 0.05
     kl_warmup_steps: int = 0
+    guide_delay_ratio: float = 0.0
     weight_decay: float = 0.0
     optimizer: str = "adamw"
     warmup_ratio: float = 0.06
@@ -164,6 +172,9 @@ class TrainConfig:
         warmup = self.kl_warmup_steps
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             fail("kl_warmup_steps", "it must be an integer >= 0")
+        delay = self.guide_delay_ratio
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay < 1:
+            fail("guide_delay_ratio", "it must be a number in [0, 1)")
         if self.guide_lr is not None and not (self.guide_lr > 0 and math.isfinite(self.guide_lr)):
             fail("guide_lr", "it must be a finite number > 0, or None (the same as lr)")
         if not self.weight_decay >= 0:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pyro
 import torch
-from pyro.optim.clipped_adam import ClippedAdam
 from tqdm.auto import tqdm
 
 from monteclora_pyro import runs
@@ -35,6 +34,7 @@ from monteclora_pyro.training.evaluation import (
     write_evaluation,
 )
 from monteclora_pyro.training.methods import METHODS
+from monteclora_pyro.training.optim import kl_factor, linear_lr, make_optimizer
 from monteclora_pyro.training.tracking import Tracker, make_tracker
 
 logger = logging.getLogger(__name__)
@@ -132,12 +132,21 @@ class Trainer:
             if config.max_steps is not None
             else config.epochs * self.steps_per_epoch
         )
-        self.optimizer = self._optimizer()
+        self.optimizer = make_optimizer(
+            self.params, {id(p) for p in self.variational.values()}, config
+        )
         warmup = int(config.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: _linear_schedule(s, warmup, self.total_steps)
+            self.optimizer, lambda s: linear_lr(s, warmup, self.total_steps)
         )
+        self.guide_delay = int(config.guide_delay_ratio * self.total_steps)
+        if config.guide_delay_ratio and not self.variational:
+            raise ValueError(
+                f"guide_delay_ratio={config.guide_delay_ratio} holds a guide's variational "
+                f"parameters, and method {config.method!r} has none"
+            )
         self.step = 0
+        self._set_kl_factor()  # fails here for a method without KL terms
         self.window = convergence.Window(self.variational, step=0)  # of the convergence record
         self.evaluation: Evaluation | None = None  # the last evaluation
         self.eval_metrics: dict | None = None  # of the last evaluation
@@ -145,19 +154,12 @@ class Trainer:
         self.train_seconds = 0.0  # wall time of the training steps, over resumes
         self.tracker: Tracker | None = None  # rank 0, while train() runs
 
-    def _optimizer(self) -> torch.optim.Optimizer:
-        """AdamW or ClippedAdam; the variational parameters in a group at ``guide_lr``."""
-        cfg = self.cfg
-        variational = {id(p) for p in self.variational.values()}
-        groups = [{"params": [p for p in self.params if id(p) not in variational]}]
-        if variational:
-            guide_params = [p for p in self.params if id(p) in variational]
-            groups.append({"params": guide_params, "lr": cfg.guide_lr or cfg.lr})
-        if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return ClippedAdam(
-            groups, lr=cfg.lr, weight_decay=cfg.weight_decay, clip_norm=cfg.max_grad_norm
-        )
+    def _set_kl_factor(self) -> None:
+        """Weigh the KL terms of the next step (``guide_delay_ratio``, ``kl_warmup_steps``)."""
+        if self.guide_delay or self.cfg.kl_warmup_steps:
+            self.method.set_kl_factor(
+                kl_factor(self.step, self.guide_delay, self.cfg.kl_warmup_steps)
+            )
 
     @property
     def checkpoint_path(self) -> Path:
@@ -312,8 +314,7 @@ class Trainer:
         )
         for epoch, batch in self._batches():
             started = time.perf_counter()
-            if self.cfg.kl_warmup_steps:
-                self.method.set_kl_factor(min(1.0, (self.step + 1) / self.cfg.kl_warmup_steps))
+            self._set_kl_factor()
             try:
                 if self.parallel is None:
                     batch = {k: v.to(self.device) for k, v in batch.items()}
@@ -323,6 +324,9 @@ class Trainer:
                     loss, terms = self.parallel.loss(self.method, batch, self.step)
                     loss.backward()
                     self.parallel.all_reduce_gradients(self.params)
+                if self.step < self.guide_delay:
+                    for param in self.variational.values():
+                        param.grad = None  # held: the optimiser skips it, state and all
                 torch.nn.utils.clip_grad_norm_(
                     self.params, self.cfg.max_grad_norm, error_if_nonfinite=True
                 )
@@ -492,9 +496,3 @@ def train(
 ) -> dict:
     """Fine-tune as configured; returns the final metrics (also in ``metrics.json``)."""
     return Trainer(config, model_config, progress=progress).train(resume=resume)
-
-
-def _linear_schedule(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    return max(0.0, (total - step) / max(1, total - warmup))

@@ -48,6 +48,7 @@ class PyroMethod(Method):
 
     def _bind(self, model: MonteCLoRAModel, guide: nn.Module) -> None:
         self.model, self.guide = model, guide
+        self.kl_factor = 1.0
         self._params = [p for _, p in model.trainable_parameters() if p.requires_grad]
         self._params += list(guide.parameters())
 
@@ -79,10 +80,13 @@ class PyroMethod(Method):
         with pyro.validation_enabled(False):
             loss, terms = elbo_terms(self.model, self.guide, **batch)
         n = self.model.num_data
+        if self.kl_factor != 1.0:
+            terms = {k: v * self.kl_factor if k.startswith("kl_") else v for k, v in terms.items()}
+            loss = sum(terms.values())
         return loss / n, {k: v / n for k, v in terms.items()}
 
     def set_kl_factor(self, factor: float) -> None:
-        self.model.kl_factor = factor
+        self.kl_factor = factor
 
     def draws(self, num_samples: int, seed: int) -> list[dict[str, torch.Tensor]]:
         """The perturbations δ of A of S seeded guide draws (none for LoRA's pinned guide)."""

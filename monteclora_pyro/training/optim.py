@@ -1,0 +1,43 @@
+"""The training loop's optimiser and its step schedules: the learning rate and the weight of
+the KL terms."""
+
+from __future__ import annotations
+
+import torch
+from pyro.optim.clipped_adam import ClippedAdam
+
+from monteclora_pyro.training.config import TrainConfig
+
+
+def make_optimizer(
+    params: list[torch.nn.Parameter], variational: set[int], cfg: TrainConfig
+) -> torch.optim.Optimizer:
+    """AdamW or ClippedAdam over ``params``; those whose ``id`` is in ``variational`` (the
+    guide's) in a second group at ``guide_lr``."""
+    groups = [{"params": [p for p in params if id(p) not in variational]}]
+    if variational:
+        guide_params = [p for p in params if id(p) in variational]
+        groups.append({"params": guide_params, "lr": cfg.guide_lr or cfg.lr})
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return ClippedAdam(
+        groups, lr=cfg.lr, weight_decay=cfg.weight_decay, clip_norm=cfg.max_grad_norm
+    )
+
+
+def linear_lr(step: int, warmup: int, total: int) -> float:
+    """Multiplier of the peak learning rate: linear warm-up over ``warmup`` steps, then
+    linear decay to zero at ``total``."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def kl_factor(step: int, delay: int, warmup: int) -> float:
+    """Weight of the KL terms at ``step`` (0-based): 0 for the first ``delay`` steps, then
+    growing linearly to 1 over ``warmup`` steps (at once when ``warmup`` is 0)."""
+    if step < delay:
+        return 0.0
+    if warmup == 0:
+        return 1.0
+    return min(1.0, (step - delay + 1) / warmup)
