@@ -66,6 +66,13 @@ TRAINED = {  # name -> the method's own options
         *("--method", "monteclora", "--objective", "bayes", "--kl-loss-weight", "0.01"),
         *("--precision-scale", "1152", "--precision-df", "10000", "--no-eval-every-epoch"),
     ],
+    # T = 0.1 trained as LoRA for the first half of the steps (the guide held, the KL off), so
+    # that B carries the signal before q(A) may widen; the half chosen on MRPC's validation
+    # split over a third (seed 0).
+    "bayes-t0.1-delay": [
+        *("--method", "monteclora", "--objective", "bayes", "--kl-loss-weight", "0.1"),
+        *("--guide-delay-ratio", "0.5", "--no-eval-every-epoch"),
+    ],
 }
 MONTECLORA = tuple(name for name in TRAINED if name.startswith(("paper-", "bayes")))
 POST_HOC = ("temperature", "laplace", "checkpoint-ensemble", "deep-ensemble")
@@ -81,9 +88,10 @@ POST_HOC_DIRS = (
 CORE = ("lora", "mc-dropout", "bayes-t0.1", "bayes-t0.01")  # LoRA, its cheapest rival, the
 # tempered Bayesian objective at the temperature SST-2 selected and at a tenth of it
 CORE_POST_HOC = ("temperature", "checkpoint-ensemble", "deep-ensemble")
-# RTE: T = 0.01 (seed 0 only) gave way to time; MRPC and CoLA: the prior at LoRA's initialisation
+# RTE: T = 0.01 (seed 0 only) gave way to time; MRPC and CoLA, where T = 0.1 collapsed: the
+# prior at LoRA's initialisation and the delayed guide
 RTE = ("lora", "mc-dropout", "bayes-t0.1")
-WITH_INIT = (*CORE, "bayes-t0.01-init")
+WITH_REMEDIES = (*CORE, "bayes-t0.01-init", "bayes-t0.1-delay")
 
 
 @dataclass(frozen=True)
@@ -103,8 +111,8 @@ class TaskSetting:
 
 TASKS = {
     "sst2": TaskSetting(2000, 64, 3, methods=tuple(TRAINED), post_hoc=POST_HOC),
-    "mrpc": TaskSetting(None, 96, 3, methods=WITH_INIT),
-    "cola": TaskSetting(None, 48, 3, methods=WITH_INIT),
+    "mrpc": TaskSetting(None, 96, 3, methods=WITH_REMEDIES),
+    "cola": TaskSetting(None, 48, 3, methods=WITH_REMEDIES),
     "rte": TaskSetting(None, 128, 3, methods=RTE),
     "movie-reviews": TaskSetting(2000, 64, 3, post_hoc=("temperature", "deep-ensemble")),
 }

@@ -33,7 +33,8 @@ def test_tasks_give_sst2_every_method_and_the_other_tasks_the_core():
     assert sst2.methods == tuple(calibration.TRAINED)
     assert sst2.post_hoc == calibration.POST_HOC
     for task in ("mrpc", "cola"):
-        assert calibration.TASKS[task].methods == (*calibration.CORE, "bayes-t0.01-init")
+        remedies = ("bayes-t0.01-init", "bayes-t0.1-delay")
+        assert calibration.TASKS[task].methods == (*calibration.CORE, *remedies)
     assert set(calibration.TASKS["rte"].methods) < set(calibration.CORE)
     for task in ("mrpc", "cola", "rte"):
         assert {"lora", "mc-dropout", "bayes-t0.1"} <= set(calibration.TASKS[task].methods)
@@ -123,8 +124,10 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
                 assert train.keep_epoch_checkpoints >= max(calibration.CHECKPOINT_MEMBERS)
             if name.startswith("bayes-t"):  # the tempered objective, T in the name
                 assert (train.method, model.objective) == ("monteclora", "bayes")
-                temperature = name.removeprefix("bayes-t").removesuffix("-init")
+                temperature = name.removeprefix("bayes-t").split("-")[0]
                 assert model.kl_loss_weight == pytest.approx(float(temperature))
+            if name.endswith("-delay"):  # the guide held for a part of the steps
+                assert 0 < train.guide_delay_ratio < 1
             if name.endswith("-init"):  # Λ held at the precision of LoRA's initial A rows
                 gain = torch.nn.init.calculate_gain("leaky_relu", math.sqrt(5))
                 bound = gain * math.sqrt(3 / 384)  # kaiming_uniform_ on MiniLM's 384 inputs
