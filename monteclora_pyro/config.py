@@ -178,11 +178,14 @@ class MonteCLoRAConfig:
     @classmethod
     def uncertainty(cls, **overrides) -> MonteCLoRAConfig:
         """The default for uncertainty work: the Bayesian objective with its KL tempered to
-        T = 0.1, the setting selected on the validation splits of docs/calibration.md.
+        T = 0.1, trained with the guide held for the first half of the steps
+        (``TrainConfig(guide_delay_ratio=0.5)``, ``training.PRESET_TRAINING``; the command
+        line's ``--preset uncertainty`` sets it), the setting selected on the validation splits
+        of docs/calibration.md.
 
-        It was selected on SST-2; on MRPC and CoLA it collapses to the majority class and on
-        RTE it stays at chance: check its validation accuracy against LoRA's before relying on
-        it."""
+        Its q(A) is narrow: its predictive is close to LoRA's, and so is its calibration. It
+        still collapses to the majority class on CoLA: check its validation accuracy against
+        LoRA's before relying on it."""
         return cls.bayes(**{"kl_loss_weight": 0.1, **overrides})
 
     @classmethod

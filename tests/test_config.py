@@ -7,6 +7,7 @@ import json
 import pytest
 
 from monteclora_pyro import MonteCLoRAConfig
+from monteclora_pyro.training import PRESET_TRAINING, TrainConfig
 
 
 def test_defaults_follow_design_table():
@@ -101,7 +102,13 @@ def test_the_command_line_preset_is_overridden_by_explicit_options():
     args = build_parser().parse_args(
         ["train", "--preset", "uncertainty", "--kl-loss-weight", "0.5"]
     )
-    _, model_cfg = configs(args)
+    train_cfg, model_cfg = configs(args)
     assert model_cfg == MonteCLoRAConfig.uncertainty(kl_loss_weight=0.5)
-    _, plain = configs(build_parser().parse_args(["train"]))
+    assert train_cfg.guide_delay_ratio == PRESET_TRAINING["uncertainty"]["guide_delay_ratio"] > 0
+    args = build_parser().parse_args(
+        ["train", "--preset", "uncertainty", "--guide-delay-ratio", "0"]
+    )
+    assert configs(args)[0].guide_delay_ratio == 0.0
+    plain_train, plain = configs(build_parser().parse_args(["train"]))
     assert plain == MonteCLoRAConfig()
+    assert plain_train.guide_delay_ratio == TrainConfig().guide_delay_ratio == 0.0

@@ -10,7 +10,7 @@ from pathlib import Path
 from monteclora_pyro.config import PRESETS, MonteCLoRAConfig
 from monteclora_pyro.data import TASKS, resolve_task_spec
 from monteclora_pyro.experiments.grid import GRID_FIELDS, SWEPT_FIELDS, model_config
-from monteclora_pyro.training import METHOD_NAMES, OPTIMIZERS, TrainConfig
+from monteclora_pyro.training import METHOD_NAMES, OPTIMIZERS, PRESET_TRAINING, TrainConfig
 from monteclora_pyro.training.tracking import REPORT_TO, check_report_to
 
 _MODEL_FLAGS = {f.name for f in dataclasses.fields(MonteCLoRAConfig)}
@@ -78,9 +78,10 @@ def train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
     add(
         "--guide-delay-ratio",
         type=float,
-        default=d.guide_delay_ratio,
+        default=argparse.SUPPRESS,  # unset: the preset's (PRESET_TRAINING), else the default
         help="fraction of the steps trained as plain LoRA first: KL off, guide held "
-        "(default: %(default)s)",
+        f"(default: {d.guide_delay_ratio}; --preset uncertainty: "
+        f"{PRESET_TRAINING['uncertainty']['guide_delay_ratio']})",
     )
     add("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
     add("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="(default: %(default)s)")
@@ -166,7 +167,8 @@ def train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
             default=None,
             choices=PRESETS,
             help="start from MonteCLoRAConfig.paper(), .bayes() or .uncertainty() (the "
-            "calibration study's choice, docs/calibration.md); the options below override it "
+            "calibration study's choice, docs/calibration.md, with --guide-delay-ratio 0.5); "
+            "the options below override it "
             "(default: bayes with --objective bayes, else the class defaults)",
         )
     paper, bayes = MonteCLoRAConfig.paper(), MonteCLoRAConfig.bayes()
@@ -220,6 +222,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     values = vars(args)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     train_kwargs = {k: v for k, v in values.items() if k in train_fields and v is not None}
+    train_kwargs = PRESET_TRAINING.get(values.get("preset"), {}) | train_kwargs
     if "method" in values:
         task = Path(args.task).name  # a save_to_disk directory: its name
         train_kwargs.setdefault("output_dir", f"runs/{task}-{args.method}-s{args.seed}")

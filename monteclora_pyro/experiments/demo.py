@@ -13,11 +13,12 @@ from monteclora_pyro import runs
 from monteclora_pyro.analysis.tables import TABLE_METRICS, format_table
 from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS
-from monteclora_pyro.training import TrainConfig, evaluate_run, train
+from monteclora_pyro.training import PRESET_TRAINING, TrainConfig, evaluate_run, train
 
 DEMO_METHODS = ("monteclora", "lora")
 # MonteCLoRA at the default for uncertainty work; LoRA at the class defaults (the paper's).
 DEMO_CONFIGS = {"monteclora": MonteCLoRAConfig.uncertainty, "lora": MonteCLoRAConfig}
+DEMO_TRAINING = {"monteclora": PRESET_TRAINING["uncertainty"], "lora": {}}
 DEMO_SPLIT = "test"
 
 
@@ -108,6 +109,7 @@ def run_demo(
             seed=seed,
             output_dir=str(out),
             lr=lr,
+            **DEMO_TRAINING[method],
         )
         resume = (out / runs.CHECKPOINT_FILE).is_file()
         model_cfg = DEMO_CONFIGS[method]()

@@ -13,6 +13,7 @@
 from monteclora_pyro.training.base import Method
 from monteclora_pyro.training.config import (
     OPTIMIZERS,
+    PRESET_TRAINING,
     TrainConfig,
     load_run_config,
     resolve_device,
@@ -41,6 +42,7 @@ __all__ = [
     "METHODS",
     "METHOD_NAMES",
     "OPTIMIZERS",
+    "PRESET_TRAINING",
     "LoRAMethod",
     "Method",
     "MonteCLoRAMethod",

@@ -18,6 +18,9 @@ from monteclora_pyro.training.methods import METHODS
 from monteclora_pyro.training.tracking import check_report_to
 
 OPTIMIZERS = ("adamw", "clipped_adam")
+# The training settings a MonteCLoRAConfig preset was selected with (docs/calibration.md): the
+# command line's --preset and `make demo` apply them; set them yourself with the Python API.
+PRESET_TRAINING = {"uncertainty": {"guide_delay_ratio": 0.5}}
 
 
 @dataclass

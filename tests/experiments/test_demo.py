@@ -12,6 +12,7 @@ from monteclora_pyro import MonteCLoRAConfig, runs
 from monteclora_pyro.cli import main
 from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS
 from monteclora_pyro.experiments import demo
+from monteclora_pyro.training import PRESET_TRAINING
 
 # Two examples; MonteCLoRA's two draws disagree on the first, so its MI there is
 # H(0.5, 0.5) - H(0.9, 0.1) = log 2 + 0.9 log 0.9 + 0.1 log 0.1, and 0 on the second.
@@ -35,6 +36,7 @@ def calls(monkeypatch):
     def train(cfg, model_cfg, resume, progress):
         calls.append(("train", cfg.method, cfg.task, resume))
         calls.append(("config", cfg.method, model_cfg))
+        calls.append(("delay", cfg.method, cfg.guide_delay_ratio))
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         runs.write_predictions(cfg.output_dir, DRAWS[cfg.method])
         return _metrics(0.9 if cfg.method == "monteclora" else 0.8)
@@ -62,6 +64,8 @@ def test_run_demo_trains_both_methods_and_evaluates_every_shifted_domain(calls, 
     configs = {c[1]: c[2] for c in calls if c[0] == "config"}
     assert configs["monteclora"] == MonteCLoRAConfig.uncertainty()  # the default for uncertainty
     assert configs["lora"] == MonteCLoRAConfig()
+    delays = {c[1]: c[2] for c in calls if c[0] == "delay"}  # the preset's training settings
+    assert delays == {"monteclora": PRESET_TRAINING["uncertainty"]["guide_delay_ratio"], "lora": 0}
     assert result.mutual_information["monteclora"] == pytest.approx(EXPECTED_MI, rel=1e-12)
     assert result.mutual_information["lora"] == 0.0
 
