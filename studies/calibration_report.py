@@ -316,7 +316,11 @@ def goals_section(sections: dict, default: str | None) -> str:
     if not rows:
         return "## Goals\n\nNo task has finished yet.\n"
     missing = [t for t in sections if t not in {r["task"] for r in rows}]
-    absent = f" Not finished for it (or for LoRA) on: {', '.join(missing)}." if missing else ""
+    absent = (
+        f" Not run or not finished for it (or for LoRA) on: {', '.join(missing)}."
+        if missing
+        else ""
+    )
     columns = list(dict.fromkeys(k for r in rows for k in r))
     met = sum(r["ECE goal"] == "met" for r in rows)
     return (
