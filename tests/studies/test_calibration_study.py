@@ -35,7 +35,7 @@ def test_tasks_give_sst2_every_method_and_the_other_tasks_the_core():
     for task in ("mrpc", "cola"):
         remedies = ("bayes-t0.01-init", "bayes-t0.1-delay")
         assert calibration.TASKS[task].methods == (*calibration.CORE, *remedies)
-    assert set(calibration.TASKS["rte"].methods) < set(calibration.CORE)
+    assert set(calibration.TASKS["rte"].methods) - set(calibration.CORE) == {"bayes-t0.1-delay"}
     for task in ("mrpc", "cola", "rte"):
         assert {"lora", "mc-dropout", "bayes-t0.1"} <= set(calibration.TASKS[task].methods)
         assert calibration.TASKS[task].post_hoc == calibration.CORE_POST_HOC
