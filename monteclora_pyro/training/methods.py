@@ -72,7 +72,8 @@ class PyroMethod(Method):
         return self._params
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The negative ELBO of a batch and its terms, per training example.
+        """The negative ELBO of a batch and its terms, per training example, its KL terms
+        (``kl_*``) times ``kl_factor`` (the trainer's delay and warm-up).
 
         Pyro's and torch's argument and support checks are off here: they cost a few per cent of
         a step, and the loop checks the loss, logits and gradients for non-finite values itself.
