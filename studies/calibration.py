@@ -114,7 +114,9 @@ TASKS = {
     "mrpc": TaskSetting(None, 96, 3, methods=WITH_REMEDIES),
     "cola": TaskSetting(None, 48, 3, methods=WITH_REMEDIES),
     "rte": TaskSetting(None, 128, 3, methods=RTE),
-    "movie-reviews": TaskSetting(2000, 64, 3, post_hoc=("temperature", "deep-ensemble")),
+    "movie-reviews": TaskSetting(
+        2000, 64, 3, methods=(*CORE, "bayes-t0.1-delay"), post_hoc=("temperature", "deep-ensemble")
+    ),
 }
 
 

@@ -41,7 +41,7 @@ def test_tasks_give_sst2_every_method_and_the_other_tasks_the_core():
         assert calibration.TASKS[task].post_hoc == calibration.CORE_POST_HOC
         assert calibration.TASKS[task].max_train_examples is None  # the full training sets
     movies = calibration.TASKS["movie-reviews"]
-    assert movies.methods == calibration.CORE
+    assert movies.methods == (*calibration.CORE, "bayes-t0.1-delay")  # and the default
     assert set(movies.post_hoc) <= set(calibration.CORE_POST_HOC)
     # the core is made of trained methods and holds the setting tested off SST-2
     assert set(calibration.CORE) <= set(calibration.TRAINED)
