@@ -23,7 +23,6 @@ def _shifted_members(root: Path, name: str) -> list[tuple[object, dict]]:
     Temperature scaling applies each LoRA run's validation temperature; the deep ensemble of
     four averages the LoRA runs' predictions, in domain and on each shifted domain.
     """
-    task = TASK
 
     def read(run: Path):
         if not (run / runs.METRICS_FILE).is_file():
@@ -35,8 +34,8 @@ def _shifted_members(root: Path, name: str) -> list[tuple[object, dict]]:
     if name == "temperature":
         members = []
         for seed in SEEDS:
-            calibrated = run_dir(root, task, "temperature", seed)
-            lora = read(run_dir(root, task, "lora", seed))
+            calibrated = run_dir(root, TASK, "temperature", seed)
+            lora = read(run_dir(root, TASK, "lora", seed))
             if lora is None or not (calibrated / runs.METRICS_FILE).is_file():
                 continue
             value = runs.read_metrics(calibrated)["temperature"]
@@ -48,14 +47,14 @@ def _shifted_members(root: Path, name: str) -> list[tuple[object, dict]]:
             )
         return members
     if name == "deep-ensemble-m4":
-        ensemble = run_dir(root, task, name, 0)
-        loras = [read(run_dir(root, task, "lora", s)) for s in ENSEMBLE_SEEDS]
+        ensemble = run_dir(root, TASK, name, 0)
+        loras = [read(run_dir(root, TASK, "lora", s)) for s in ENSEMBLE_SEEDS]
         if not (ensemble / runs.METRICS_FILE).is_file() or any(x is None for x in loras):
             return []
         domains = set.intersection(*(set(x[1]) for x in loras))
         shifted = {d: average([x[1][d] for x in loras]) for d in SHIFTED if d in domains}
         return [(runs.read_predictions(ensemble), shifted)]
-    return [m for s in SEEDS if (m := read(run_dir(root, task, name, s))) is not None]
+    return [m for s in SEEDS if (m := read(run_dir(root, TASK, name, s))) is not None]
 
 
 def shifted_section(root: Path) -> str:

@@ -17,8 +17,7 @@ from monteclora_pyro.training import PRESET_TRAINING, TrainConfig, evaluate_run,
 
 DEMO_METHODS = ("monteclora", "lora")
 # MonteCLoRA at the default for uncertainty work; LoRA at the class defaults (the paper's).
-DEMO_CONFIGS = {"monteclora": MonteCLoRAConfig.uncertainty, "lora": MonteCLoRAConfig}
-DEMO_TRAINING = {"monteclora": PRESET_TRAINING["uncertainty"], "lora": {}}
+DEMO_PRESETS = {"monteclora": "uncertainty", "lora": "default"}
 DEMO_SPLIT = "test"
 
 
@@ -109,10 +108,10 @@ def run_demo(
             seed=seed,
             output_dir=str(out),
             lr=lr,
-            **DEMO_TRAINING[method],
+            **PRESET_TRAINING.get(DEMO_PRESETS[method], {}),
         )
         resume = (out / runs.CHECKPOINT_FILE).is_file()
-        model_cfg = DEMO_CONFIGS[method]()
+        model_cfg = MonteCLoRAConfig.preset(DEMO_PRESETS[method])
         metrics[method] = train(cfg, model_cfg, resume=resume, progress=progress)
         run_dirs[method] = out
         draws = runs.read_predictions(out).draw_probs
