@@ -3,6 +3,7 @@ Bayesian objective's runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -20,7 +21,7 @@ from monteclora_pyro.training.convergence import (
     relative_changes,
     snr_threshold,
 )
-from monteclora_pyro.training.optim import kl_factor, linear_lr
+from monteclora_pyro.training.optim import kl_factor, linear_lr, lr_schedules
 
 
 def _config(toy_assets, out, **overrides) -> TrainConfig:
@@ -150,6 +151,34 @@ def test_guide_delay_holds_the_guide_and_switches_the_kl_off(toy_assets, tmp_pat
     lora = _config(toy_assets, tmp_path / "lora", method="lora", guide_delay_ratio=0.5)
     with pytest.raises(ValueError, match="guide_delay_ratio=0.5 .* method 'lora' has none"):
         Trainer(lora, MonteCLoRAConfig(r=4), progress=False)
+
+
+def test_guide_lr_restart_runs_the_guides_schedule_over_the_steps_after_the_delay():
+    adapter = [linear_lr(s, 2, 8) for s in range(8)]
+    shared = TrainConfig(warmup_ratio=0.25, guide_delay_ratio=0.5)
+    for schedule in lr_schedules(shared, 8, 4, 2):
+        assert [schedule(s) for s in range(8)] == adapter
+    restart = dataclasses.replace(shared, guide_lr_restart=True)
+    first, guide = lr_schedules(restart, 8, 4, 2)
+    assert [first(s) for s in range(8)] == adapter
+    # Over the last 4 steps: warm-up over int(0.25 * 4) = 1 step, then decay to 0 at step 8.
+    assert [guide(s) for s in range(4, 8)] == pytest.approx([0.5, 1.0, 2 / 3, 1 / 3])
+    assert [len(lr_schedules(restart, 8, 4, 1))] == [1]
+
+
+def test_guide_lr_restart_gives_the_guide_its_peak_rate_after_the_delay(toy_assets, tmp_path):
+    kwargs = {"max_steps": 4, "epochs": 1, "warmup_ratio": 0.0, "guide_delay_ratio": 0.5}
+    config = _config(toy_assets, tmp_path / "r", guide_lr_restart=True, **kwargs)
+    trainer = Trainer(config, MonteCLoRAConfig.bayes(r=4), progress=False)
+    guide_lr = trainer.optimizer.param_groups[1]["initial_lr"]
+    lrs = []
+    for _ in range(4):
+        lrs.append([g["lr"] for g in trainer.optimizer.param_groups])
+        trainer.optimizer.step()  # no gradients: a no-op that keeps the scheduler's order
+        trainer.scheduler.step()
+    # The adapter decays from step 0; the guide's first step after the delay is at its peak.
+    assert [g for _, g in lrs[2:]] == pytest.approx([guide_lr, guide_lr / 2])
+    assert [a for a, _ in lrs] == pytest.approx([config.lr * f for f in (1, 0.75, 0.5, 0.25)])
 
 
 def test_the_bayesian_objective_trains_end_to_end_and_lora_refuses_it(toy_assets, tmp_path):

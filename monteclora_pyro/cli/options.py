@@ -83,6 +83,13 @@ def train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
         f"(default: {d.guide_delay_ratio}; --preset uncertainty: "
         f"{PRESET_TRAINING['uncertainty']['guide_delay_ratio']})",
     )
+    add(
+        "--guide-lr-restart",
+        action=argparse.BooleanOptionalAction,
+        default=d.guide_lr_restart,
+        help="run the guide's learning-rate schedule over the steps after the delay "
+        "(default: %(default)s)",
+    )
     add("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
     add("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="(default: %(default)s)")
     add(

@@ -63,6 +63,11 @@ class TrainConfig:
         B = 0 the likelihood cannot oppose a widening q(A), so from the first step the KL
         widens it to the prior's width; a KL warm-up does not slow that under Adam, which
         normalises the gradient's scale (``docs/calibration.md``).
+    guide_lr_restart : bool
+        Run the guide's learning-rate schedule (warm-up, then linear decay) over the steps
+        after ``guide_delay_ratio`` instead of over all steps, so that the guide starts at
+        its peak rate rather than at the decayed rate the adapter has reached by then.
+        Needs ``guide_delay_ratio`` > 0.
     weight_decay : float
         Decoupled weight decay (AdamW) or L2 (ClippedAdam).
     optimizer : {"adamw", "clipped_adam"}
@@ -124,6 +129,7 @@ class TrainConfig:
     guide_lr: float | None = 0.05
     kl_warmup_steps: int = 0
     guide_delay_ratio: float = 0.0
+    guide_lr_restart: bool = False
     weight_decay: float = 0.0
     optimizer: str = "adamw"
     warmup_ratio: float = 0.06
@@ -178,6 +184,13 @@ class TrainConfig:
         delay = self.guide_delay_ratio
         if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay < 1:
             fail("guide_delay_ratio", "it must be a number in [0, 1)")
+        if not isinstance(self.guide_lr_restart, bool):
+            fail("guide_lr_restart", "it must be True or False")
+        if self.guide_lr_restart and not delay:
+            fail(
+                "guide_lr_restart",
+                "it restarts the guide's schedule after guide_delay_ratio, which is 0",
+            )
         if self.guide_lr is not None and not (self.guide_lr > 0 and math.isfinite(self.guide_lr)):
             fail("guide_lr", "it must be a finite number > 0, or None (the same as lr)")
         if not self.weight_decay >= 0:

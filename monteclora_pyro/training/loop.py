@@ -34,7 +34,7 @@ from monteclora_pyro.training.evaluation import (
     write_evaluation,
 )
 from monteclora_pyro.training.methods import METHODS
-from monteclora_pyro.training.optim import kl_factor, linear_lr, make_optimizer
+from monteclora_pyro.training.optim import kl_factor, lr_schedules, make_optimizer
 from monteclora_pyro.training.tracking import Tracker, make_tracker
 
 logger = logging.getLogger(__name__)
@@ -135,11 +135,13 @@ class Trainer:
         self.optimizer = make_optimizer(
             self.params, {id(p) for p in self.variational.values()}, config
         )
-        warmup = int(config.warmup_ratio * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: linear_lr(s, warmup, self.total_steps)
-        )
         self.guide_delay = int(config.guide_delay_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lr_schedules(
+                config, self.total_steps, self.guide_delay, len(self.optimizer.param_groups)
+            ),
+        )
         if config.guide_delay_ratio and not self.variational:
             raise ValueError(
                 f"guide_delay_ratio={config.guide_delay_ratio} holds a guide's variational "

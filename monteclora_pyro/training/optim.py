@@ -3,6 +3,8 @@ the KL terms."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
 
@@ -31,6 +33,19 @@ def linear_lr(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def lr_schedules(cfg: TrainConfig, total: int, delay: int, groups: int) -> list[Callable]:
+    """Learning-rate multipliers of :func:`make_optimizer`'s ``groups`` parameter groups:
+    :func:`linear_lr` over all ``total`` steps, except for the guide's group under
+    ``guide_lr_restart``, whose schedule runs over the steps after ``delay``."""
+    warmup = int(cfg.warmup_ratio * total)
+    schedules = [lambda s: linear_lr(s, warmup, total)] * groups
+    if cfg.guide_lr_restart and groups == 2:
+        guide_steps = total - delay
+        guide_warmup = int(cfg.warmup_ratio * guide_steps)
+        schedules[1] = lambda s: linear_lr(max(0, s - delay), guide_warmup, guide_steps)
+    return schedules
 
 
 def kl_factor(step: int, delay: int, warmup: int) -> float:
