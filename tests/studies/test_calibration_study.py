@@ -33,15 +33,15 @@ def test_tasks_give_sst2_every_method_and_the_other_tasks_the_core():
     assert sst2.methods == tuple(calibration.TRAINED)
     assert sst2.post_hoc == calibration.POST_HOC
     for task in ("mrpc", "cola"):
-        remedies = ("bayes-t0.01-init", "bayes-t0.1-delay")
+        remedies = ("bayes-t0.01-init", *calibration.DELAYED)
         assert calibration.TASKS[task].methods == (*calibration.CORE, *remedies)
-    assert set(calibration.TASKS["rte"].methods) - set(calibration.CORE) == {"bayes-t0.1-delay"}
+    assert set(calibration.TASKS["rte"].methods) - set(calibration.CORE) == set(calibration.DELAYED)
     for task in ("mrpc", "cola", "rte"):
         assert {"lora", "mc-dropout", "bayes-t0.1"} <= set(calibration.TASKS[task].methods)
         assert calibration.TASKS[task].post_hoc == calibration.CORE_POST_HOC
         assert calibration.TASKS[task].max_train_examples is None  # the full training sets
     movies = calibration.TASKS["movie-reviews"]
-    assert movies.methods == (*calibration.CORE, "bayes-t0.1-delay")  # and the default
+    assert movies.methods == (*calibration.CORE, *calibration.DELAYED)  # the default among them
     assert set(movies.post_hoc) <= set(calibration.CORE_POST_HOC)
     # the core is made of trained methods and holds the setting tested off SST-2
     assert set(calibration.CORE) <= set(calibration.TRAINED)
@@ -126,8 +126,9 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
                 assert (train.method, model.objective) == ("monteclora", "bayes")
                 temperature = name.removeprefix("bayes-t").split("-")[0]
                 assert model.kl_loss_weight == pytest.approx(float(temperature))
-            if name.endswith("-delay"):  # the guide held for a part of the steps
+            if "-delay" in name:  # the guide held for a part of the steps
                 assert 0 < train.guide_delay_ratio < 1
+                assert train.guide_lr_restart is name.endswith("-restart")
             if name.endswith("-init"):  # Λ held at the precision of LoRA's initial A rows
                 gain = torch.nn.init.calculate_gain("leaky_relu", math.sqrt(5))
                 bound = gain * math.sqrt(3 / 384)  # kaiming_uniform_ on MiniLM's 384 inputs
