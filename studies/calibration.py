@@ -45,6 +45,14 @@ SHIFTED_EXAMPLES = 500  # evaluated per shifted domain: the first of its test sp
 COMMON = [
     "--batch-size", "16", "--lr", "1e-3", "--num-samples", "10", "--validation-fraction", "0.1",
 ]  # fmt: skip
+
+
+def _tempered(t: str, *options: str) -> list[str]:
+    """The Bayesian objective at temperature ``t`` with ``options``, evaluated at the end."""
+    method = ("--method", "monteclora", "--objective", "bayes", "--kl-loss-weight", t)
+    return [*method, *options, "--no-eval-every-epoch"]
+
+
 TRAINED = {  # name -> the method's own options
     "lora": ["--method", "lora", "--keep-epoch-checkpoints", str(max(CHECKPOINT_MEMBERS))],
     "mc-dropout": ["--method", "mc-dropout", "--lora-dropout", "0.1", "--no-eval-every-epoch"],
@@ -53,32 +61,19 @@ TRAINED = {  # name -> the method's own options
     "paper-5e-3": ["--method", "monteclora", "--sample-scaler", "5e-3", "--no-eval-every-epoch"],
     "paper-2e-2": ["--method", "monteclora", "--sample-scaler", "2e-2", "--no-eval-every-epoch"],
     "bayes": ["--method", "monteclora", "--objective", "bayes", "--no-eval-every-epoch"],
-    **{
-        f"bayes-t{t}": [
-            *("--method", "monteclora", "--objective", "bayes", "--kl-loss-weight", t),
-            "--no-eval-every-epoch",
-        ]
-        for t in ("0.1", "0.01")
-    },
+    **{f"bayes-t{t}": _tempered(t) for t in ("0.1", "0.01")},
     # A prior on A at LoRA's initialisation (kaiming-uniform rows: precision 3·d_in = 1152 on
     # MiniLM), held there by a Wishart with 10⁴ degrees of freedom: q(A)'s width cannot run away.
-    "bayes-t0.01-init": [
-        *("--method", "monteclora", "--objective", "bayes", "--kl-loss-weight", "0.01"),
-        *("--precision-scale", "1152", "--precision-df", "10000", "--no-eval-every-epoch"),
-    ],
+    "bayes-t0.01-init": _tempered("0.01", "--precision-scale", "1152", "--precision-df", "10000"),
     # T = 0.1 trained as LoRA for the first half of the steps (the guide held, the KL off), so
     # that B carries the signal before q(A) may widen; the half chosen on MRPC's validation
     # split over a third (seed 0).
-    "bayes-t0.1-delay": [
-        *("--method", "monteclora", "--objective", "bayes", "--kl-loss-weight", "0.1"),
-        *("--guide-delay-ratio", "0.5", "--no-eval-every-epoch"),
-    ],
+    "bayes-t0.1-delay": _tempered("0.1", "--guide-delay-ratio", "0.5"),
     # The same delay, with the guide's learning-rate schedule restarted at the delay's end: the
     # guide trains at its peak rate instead of the decayed rate the adapter has reached.
-    "bayes-t0.1-delay-restart": [
-        *("--method", "monteclora", "--objective", "bayes", "--kl-loss-weight", "0.1"),
-        *("--guide-delay-ratio", "0.5", "--guide-lr-restart", "--no-eval-every-epoch"),
-    ],
+    "bayes-t0.1-delay-restart": _tempered(
+        "0.1", "--guide-delay-ratio", "0.5", "--guide-lr-restart"
+    ),
 }
 MONTECLORA = tuple(name for name in TRAINED if name.startswith(("paper-", "bayes")))
 POST_HOC = ("temperature", "laplace", "checkpoint-ensemble", "deep-ensemble")

@@ -163,7 +163,7 @@ def test_guide_lr_restart_runs_the_guides_schedule_over_the_steps_after_the_dela
     assert [first(s) for s in range(8)] == adapter
     # Over the last 4 steps: warm-up over int(0.25 * 4) = 1 step, then decay to 0 at step 8.
     assert [guide(s) for s in range(4, 8)] == pytest.approx([0.5, 1.0, 2 / 3, 1 / 3])
-    assert [len(lr_schedules(restart, 8, 4, 1))] == [1]
+    assert len(lr_schedules(restart, 8, 4, 1)) == 1  # no guide: the adapter schedule only
 
 
 def test_guide_lr_restart_gives_the_guide_its_peak_rate_after_the_delay(toy_assets, tmp_path):
