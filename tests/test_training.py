@@ -220,6 +220,8 @@ def test_evaluating_on_a_task_with_another_label_set_fails(toy_assets, tmp_path)
         ("guide_delay_ratio", -0.1, "[0, 1)"),
         ("guide_lr_restart", True, "guide_delay_ratio, which is 0"),
         ("guide_lr_restart", 1, "True or False"),
+        ("freeze_adapter_after_delay", True, "holds the adapter after guide_delay_ratio"),
+        ("freeze_adapter_after_delay", "yes", "True or False"),
         ("device", "gpu0", "a torch device"),
     ],
 )

@@ -21,7 +21,7 @@ from monteclora_pyro.training.convergence import (
     relative_changes,
     snr_threshold,
 )
-from monteclora_pyro.training.optim import kl_factor, linear_lr, lr_schedules
+from monteclora_pyro.training.optim import held_parameters, kl_factor, linear_lr, lr_schedules
 
 
 def _config(toy_assets, out, **overrides) -> TrainConfig:
@@ -179,6 +179,42 @@ def test_guide_lr_restart_gives_the_guide_its_peak_rate_after_the_delay(toy_asse
     # The adapter decays from step 0; the guide's first step after the delay is at its peak.
     assert [g for _, g in lrs[2:]] == pytest.approx([guide_lr, guide_lr / 2])
     assert [a for a, _ in lrs] == pytest.approx([config.lr * f for f in (1, 0.75, 0.5, 0.25)])
+
+
+def test_freeze_adapter_after_delay_runs_the_adapters_schedule_over_the_delay_then_holds_it():
+    cfg = TrainConfig(warmup_ratio=0.25, guide_delay_ratio=0.5, freeze_adapter_after_delay=True)
+    adapter, guide = lr_schedules(cfg, 8, 4, 2)
+    # Over the first 4 steps: warm-up over int(0.25 * 4) = 1 step, then decay to 0 at step 4.
+    assert [adapter(s) for s in range(8)] == pytest.approx([0.5, 1, 2 / 3, 1 / 3, 0, 0, 0, 0])
+    assert [guide(s) for s in range(8)] == [linear_lr(s, 2, 8) for s in range(8)]
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
+    variational = {id(params[2])}
+    assert held_parameters(cfg, 3, 4, params, variational) == params[2:]
+    assert held_parameters(cfg, 4, 4, params, variational) == params[:2]
+    shared = dataclasses.replace(cfg, freeze_adapter_after_delay=False)
+    assert held_parameters(shared, 4, 4, params, variational) == []
+
+
+def test_freeze_adapter_after_delay_trains_only_the_guide_after_the_delay(toy_assets, tmp_path):
+    kwargs = {"max_steps": 4, "epochs": 1, "guide_delay_ratio": 0.5, "guide_lr_restart": True}
+    out = tmp_path / "frozen"
+    config = _config(toy_assets, out, freeze_adapter_after_delay=True, **kwargs)
+    trainer = Trainer(config, MonteCLoRAConfig.bayes(r=4), progress=False)
+    guide = trainer.variational_ids
+    adapter = [p for p in trainer.params if id(p) not in guide]
+    after_step = []
+    trainer.optimizer.register_step_post_hook(
+        lambda *_: after_step.append([p.detach().clone() for p in adapter])
+    )
+    trainer.train()
+    # The adapter took the two delayed steps only, the guide the two after them.
+    state = trainer.optimizer.state
+    assert {int(state[p]["step"]) for p in trainer.params if id(p) in guide} == {2}
+    assert {int(state[p]["step"]) for p in adapter} == {2}
+    moved = [not torch.equal(a, b) for a, b in zip(after_step[0], after_step[1], strict=True)]
+    assert len(after_step) == 4 and any(moved)
+    for later in after_step[2:]:
+        assert all(torch.equal(a, b) for a, b in zip(after_step[1], later, strict=True))
 
 
 def test_the_bayesian_objective_trains_end_to_end_and_lora_refuses_it(toy_assets, tmp_path):

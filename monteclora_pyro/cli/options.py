@@ -90,6 +90,13 @@ def train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
         help="run the guide's learning-rate schedule over the steps after the delay "
         "(default: %(default)s)",
     )
+    add(
+        "--freeze-adapter-after-delay",
+        action=argparse.BooleanOptionalAction,
+        default=d.freeze_adapter_after_delay,
+        help="run the adapter's schedule over the delay's steps, then hold it while the guide "
+        "trains (default: %(default)s)",
+    )
     add("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
     add("--optimizer", default=d.optimizer, choices=OPTIMIZERS, help="(default: %(default)s)")
     add(

@@ -68,6 +68,11 @@ class TrainConfig:
         after ``guide_delay_ratio`` instead of over all steps, so that the guide starts at
         its peak rate rather than at the decayed rate the adapter has reached by then.
         Needs ``guide_delay_ratio`` > 0.
+    freeze_adapter_after_delay : bool
+        Train in two phases: the adapter (μ, B and the head) runs its learning-rate schedule
+        over the ``guide_delay_ratio`` steps, as a LoRA run of that length would, and is then
+        held, so that only the guide trains after the delay, around a fixed adapter. Needs
+        ``guide_delay_ratio`` > 0; pair it with ``guide_lr_restart``.
     weight_decay : float
         Decoupled weight decay (AdamW) or L2 (ClippedAdam).
     optimizer : {"adamw", "clipped_adam"}
@@ -130,6 +135,7 @@ class TrainConfig:
     kl_warmup_steps: int = 0
     guide_delay_ratio: float = 0.0
     guide_lr_restart: bool = False
+    freeze_adapter_after_delay: bool = False
     weight_decay: float = 0.0
     optimizer: str = "adamw"
     warmup_ratio: float = 0.06
@@ -184,13 +190,14 @@ class TrainConfig:
         delay = self.guide_delay_ratio
         if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay < 1:
             fail("guide_delay_ratio", "it must be a number in [0, 1)")
-        if not isinstance(self.guide_lr_restart, bool):
-            fail("guide_lr_restart", "it must be True or False")
-        if self.guide_lr_restart and not delay:
-            fail(
-                "guide_lr_restart",
-                "it restarts the guide's schedule after guide_delay_ratio, which is 0",
-            )
+        for name, acts in (
+            ("guide_lr_restart", "it restarts the guide's schedule"),
+            ("freeze_adapter_after_delay", "it holds the adapter"),
+        ):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, "it must be True or False")
+            if getattr(self, name) and not delay:
+                fail(name, f"{acts} after guide_delay_ratio, which is 0")
         if self.guide_lr is not None and not (self.guide_lr > 0 and math.isfinite(self.guide_lr)):
             fail("guide_lr", "it must be a finite number > 0, or None (the same as lr)")
         if not self.weight_decay >= 0:

@@ -34,7 +34,7 @@ from monteclora_pyro.training.evaluation import (
     write_evaluation,
 )
 from monteclora_pyro.training.methods import METHODS
-from monteclora_pyro.training.optim import kl_factor, lr_schedules, make_optimizer
+from monteclora_pyro.training.optim import held_parameters, kl_factor, lr_schedules, make_optimizer
 from monteclora_pyro.training.tracking import Tracker, make_tracker
 
 logger = logging.getLogger(__name__)
@@ -132,9 +132,8 @@ class Trainer:
             if config.max_steps is not None
             else config.epochs * self.steps_per_epoch
         )
-        self.optimizer = make_optimizer(
-            self.params, {id(p) for p in self.variational.values()}, config
-        )
+        self.variational_ids = {id(p) for p in self.variational.values()}
+        self.optimizer = make_optimizer(self.params, self.variational_ids, config)
         self.guide_delay = int(config.guide_delay_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -326,9 +325,10 @@ class Trainer:
                     loss, terms = self.parallel.loss(self.method, batch, self.step)
                     loss.backward()
                     self.parallel.all_reduce_gradients(self.params)
-                if self.step < self.guide_delay:
-                    for param in self.variational.values():
-                        param.grad = None  # held: the optimiser skips it, state and all
+                for param in held_parameters(
+                    self.cfg, self.step, self.guide_delay, self.params, self.variational_ids
+                ):
+                    param.grad = None
                 torch.nn.utils.clip_grad_norm_(
                     self.params, self.cfg.max_grad_norm, error_if_nonfinite=True
                 )

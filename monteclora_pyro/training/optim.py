@@ -37,10 +37,14 @@ def linear_lr(step: int, warmup: int, total: int) -> float:
 
 def lr_schedules(cfg: TrainConfig, total: int, delay: int, groups: int) -> list[Callable]:
     """Learning-rate multipliers of :func:`make_optimizer`'s ``groups`` parameter groups:
-    :func:`linear_lr` over all ``total`` steps, except for the guide's group under
-    ``guide_lr_restart``, whose schedule runs over the steps after ``delay``."""
+    :func:`linear_lr` over all ``total`` steps, except for the adapter's group under
+    ``freeze_adapter_after_delay``, whose schedule runs over the first ``delay`` steps, and the
+    guide's group under ``guide_lr_restart``, whose schedule runs over the steps after it."""
     warmup = int(cfg.warmup_ratio * total)
     schedules = [lambda s: linear_lr(s, warmup, total)] * groups
+    if cfg.freeze_adapter_after_delay:
+        adapter_warmup = int(cfg.warmup_ratio * delay)
+        schedules[0] = lambda s: linear_lr(s, adapter_warmup, delay)
     if cfg.guide_lr_restart and groups == 2:
         guide_steps = total - delay
         guide_warmup = int(cfg.warmup_ratio * guide_steps)
@@ -56,3 +60,16 @@ def kl_factor(step: int, delay: int, warmup: int) -> float:
     if warmup == 0:
         return 1.0
     return min(1.0, (step - delay + 1) / warmup)
+
+
+def held_parameters(
+    cfg: TrainConfig, step: int, delay: int, params: list[torch.nn.Parameter], variational: set[int]
+) -> list[torch.nn.Parameter]:
+    """The parameters the optimiser skips at ``step``, moments and all: the guide's (those whose
+    ``id`` is in ``variational``) before ``delay``, the others after it under
+    ``freeze_adapter_after_delay``."""
+    if step < delay:
+        return [p for p in params if id(p) in variational]
+    if cfg.freeze_adapter_after_delay:
+        return [p for p in params if id(p) not in variational]
+    return []
