@@ -85,6 +85,16 @@ def test_relative_changes_gradient_snr_and_the_converged_flag():
     # A window restored from a checkpoint continues where it stopped.
     again = Window.from_state(pushed.state())
     assert again.grad_snr() == pushed.grad_snr() and again.count == n
+    # A guide held through the window (no gradients) is not converged, however flat the loss;
+    # one held for the window's first half is judged on its second.
+    none = [None] * n
+    held = window_with(none, none)
+    assert all(math.isnan(v) for v in held.grad_snr().values())
+    record = convergence_record(n, 0, held, [1.0] * n, end)
+    assert not record["converged"] and math.isnan(record["max_grad_excess"])
+    half = window_with(none + noise[:n], none + noise[n:])
+    assert half.count == 2 * n and half.grad_snr() == pytest.approx(window.grad_snr())
+    assert convergence_record(2 * n, 0, half, [1.0] * 2 * n, end)["converged"]
 
 
 def test_every_evaluation_writes_a_convergence_record_of_the_guide(toy_assets, tmp_path):

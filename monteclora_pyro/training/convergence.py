@@ -10,9 +10,10 @@ At every evaluation the loop writes one ``{"kind": "convergence", ...}`` record 
   over the window (unconstrained values, named as in the param store), and its maximum;
 - ``grad_snr``: for each variational parameter, the signal-to-noise ratio of its gradient over
   the window, √(‖ḡ‖² / Σ se²) with ḡ the mean gradient of the window's steps and se its
-  per-coordinate standard error, and its maximum. At an optimum the mean gradient is noise, and
-  the ratio is about 1 (its square is a χ²_d / d variable); a parameter still pushed one way
-  has a ratio well above 1, however small the learning rate has become;
+  per-coordinate standard error (NaN when fewer than two steps gave it a gradient, as while
+  ``guide_delay_ratio`` holds the guide), and its maximum. At an optimum the mean gradient is
+  noise, and the ratio is about 1 (its square is a χ²_d / d variable); a parameter still
+  pushed one way has a ratio well above 1, however small the learning rate has become;
 - ``converged``: no gradient is systematic — for a parameter of d coordinates, ``grad_snr``²
   stays below the 0.999 quantile of χ²_d / d (:func:`snr_threshold`: 3.29 for a scalar, 1.27
   for 64 coordinates), which ``max_grad_excess`` (the largest ``grad_snr`` over its threshold)
@@ -59,7 +60,8 @@ class Window:
     def __init__(self, params: dict[str, torch.Tensor], step: int):
         self.step = step
         self.start = snapshot(params)
-        self.count = 0
+        self.count = 0  # optimisation steps
+        self.grad_count = dict.fromkeys(self.start, 0)  # of them, those with a gradient
         self.grad_sum = {n: torch.zeros_like(t) for n, t in self.start.items()}
         self.grad_square = {n: torch.zeros_like(t) for n, t in self.start.items()}
 
@@ -68,15 +70,17 @@ class Window:
         self.count += 1
         for name, param in params.items():
             if param.grad is not None:
+                self.grad_count[name] += 1
                 grad = param.grad.detach().cpu()
                 self.grad_sum[name] += grad
                 self.grad_square[name] += grad.square()
 
     def grad_snr(self) -> dict[str, float]:
-        """√(‖ḡ‖² / Σ se²) per parameter (NaN with fewer than two steps or no gradient)."""
-        n = self.count
+        """√(‖ḡ‖² / Σ se²) per parameter over the steps that gave it a gradient (NaN with fewer
+        than two: a guide held through the window is not converged)."""
         out = {}
         for name, total in self.grad_sum.items():
+            n = self.grad_count[name]
             if n < 2:
                 out[name] = math.nan
                 continue
@@ -95,6 +99,7 @@ class Window:
             "step": self.step,
             "start": self.start,
             "count": self.count,
+            "grad_count": self.grad_count,
             "grad_sum": self.grad_sum,
             "grad_square": self.grad_square,
         }
@@ -106,6 +111,7 @@ class Window:
         window.step = int(state["step"])
         window.start = state["start"]
         window.count = int(state["count"])
+        window.grad_count = state.get("grad_count", dict.fromkeys(window.start, window.count))
         window.grad_sum, window.grad_square = state["grad_sum"], state["grad_square"]
         return window
 
@@ -145,6 +151,12 @@ def elbo_figures(losses: list[float]) -> dict[str, float | bool]:
     return {"elbo_slope": slope, "elbo_change": diff / scale, "elbo_steady": steady}
 
 
+def _max(values) -> float:
+    """The largest of ``values`` (0 for none), NaN if one is NaN, whatever their order."""
+    values = list(values)
+    return math.nan if any(math.isnan(v) for v in values) else max(values, default=0.0)
+
+
 def convergence_record(
     step: int, epoch: int, window: Window, losses: list[float], end: dict[str, torch.Tensor]
 ) -> dict:
@@ -153,7 +165,7 @@ def convergence_record(
     changes = relative_changes(window.start, end)
     snr = window.grad_snr()
     excess = {n: snr[n] / snr_threshold(window.start[n].numel()) for n in snr}
-    worst = max(excess.values(), default=0.0)
+    worst = _max(excess.values())
     steady_guide = not math.isnan(worst) and worst < 1.0
     return {
         "kind": "convergence",
@@ -165,7 +177,7 @@ def convergence_record(
         "param_change": changes,
         "max_param_change": max(changes.values(), default=0.0),
         "grad_snr": snr,
-        "max_grad_snr": max(snr.values(), default=0.0),
+        "max_grad_snr": _max(snr.values()),
         "max_grad_excess": worst,
         "converged": bool(elbo["elbo_steady"] and steady_guide),
     }
