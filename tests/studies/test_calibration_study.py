@@ -32,9 +32,9 @@ def test_tasks_give_sst2_every_method_and_the_other_tasks_the_core():
     sst2 = calibration.TASKS["sst2"]
     assert sst2.methods == tuple(calibration.TRAINED)
     assert sst2.post_hoc == calibration.POST_HOC
-    for task in ("mrpc", "cola"):
-        remedies = ("bayes-t0.01-init", *calibration.DELAYED)
-        assert calibration.TASKS[task].methods == (*calibration.CORE, *remedies)
+    remedies = (*calibration.CORE, "bayes-t0.01-init", *calibration.DELAYED)
+    assert calibration.TASKS["cola"].methods == remedies
+    assert calibration.TASKS["mrpc"].methods == (*remedies, *calibration.FROZEN)
     assert set(calibration.TASKS["rte"].methods) - set(calibration.CORE) == set(calibration.DELAYED)
     for task in ("mrpc", "cola", "rte"):
         assert {"lora", "mc-dropout", "bayes-t0.1"} <= set(calibration.TASKS[task].methods)
@@ -117,7 +117,8 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
             train, model = configs(parsed)
             assert (train.task, train.seed, train.output_dir) == (task, 1, str(out))
             assert train.max_train_examples == setting.max_train_examples
-            assert (train.max_length, train.epochs) == (setting.max_length, setting.epochs)
+            factor = 2 if name.endswith("-freeze") else 1  # the guide's phase doubles them
+            assert (train.max_length, train.epochs) == (setting.max_length, factor * setting.epochs)
             # the report selects settings on the carved validation split
             assert train.validation_fraction > 0
             if name == "lora":
@@ -129,6 +130,10 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
             if "-delay" in name:  # the guide held for a part of the steps
                 assert 0 < train.guide_delay_ratio < 1
                 assert train.guide_lr_restart is name.endswith("-restart")
+                assert not train.freeze_adapter_after_delay
+            if name.endswith("-freeze"):  # LoRA's run, then the guide alone
+                assert train.guide_delay_ratio == 0.5 and train.guide_lr_restart
+                assert train.freeze_adapter_after_delay
             if name.endswith("-init"):  # Λ held at the precision of LoRA's initial A rows
                 gain = torch.nn.init.calculate_gain("leaky_relu", math.sqrt(5))
                 bound = gain * math.sqrt(3 / 384)  # kaiming_uniform_ on MiniLM's 384 inputs
