@@ -131,7 +131,7 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
                 assert 0 < train.guide_delay_ratio < 1
                 assert train.guide_lr_restart is name.endswith("-restart")
                 assert not train.freeze_adapter_after_delay
-            if name.endswith("-freeze"):  # LoRA's run, then the guide alone
+            if "-freeze" in name:  # LoRA's run, then the guide alone
                 assert train.guide_delay_ratio == 0.5 and train.guide_lr_restart
                 assert train.freeze_adapter_after_delay
             if name.endswith("-init"):  # Λ held at the precision of LoRA's initial A rows
