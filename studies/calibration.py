@@ -81,10 +81,14 @@ TRAINED = {  # name -> the method's own options
     # the first half on its own schedule, as long as LoRA's run, then is held while the guide
     # alone trains on a restarted schedule, so that q(A) is fitted around LoRA's solution.
     "bayes-t0.1-freeze": _tempered("0.1", *FREEZE),
+    "bayes-t0.01-freeze": _tempered("0.01", *FREEZE),  # colder: a narrower q(A) around LoRA's
     # The same over the task's own epochs, at LoRA's cost: the adapter gets half of LoRA's.
     "bayes-t0.1-freeze-short": _tempered("0.1", *FREEZE),
 }
-EPOCH_FACTOR = {"bayes-t0.1-freeze": 2}  # the task's epochs times this; 1 for the others
+EPOCH_FACTOR = {
+    "bayes-t0.1-freeze": 2,
+    "bayes-t0.01-freeze": 2,
+}  # the task's epochs times this; 1 for the others
 MONTECLORA = tuple(name for name in TRAINED if name.startswith(("paper-", "bayes")))
 POST_HOC = ("temperature", "laplace", "checkpoint-ensemble", "deep-ensemble")
 POST_HOC_DIRS = (
@@ -105,7 +109,7 @@ DELAYED = ("bayes-t0.1-delay", "bayes-t0.1-delay-restart")
 RTE = ("lora", "mc-dropout", "bayes-t0.1", *DELAYED)
 WITH_REMEDIES = (*CORE, "bayes-t0.01-init", *DELAYED)
 # the two-phase setting on SST-2 and MRPC only: CoLA, RTE and movie reviews gave way to time
-FROZEN = ("bayes-t0.1-freeze",)
+FROZEN = ("bayes-t0.1-freeze", "bayes-t0.01-freeze")
 
 
 @dataclass(frozen=True)
