@@ -85,10 +85,6 @@ TRAINED = {  # name -> the method's own options
     # The same over the task's own epochs, at LoRA's cost: the adapter gets half of LoRA's.
     "bayes-t0.1-freeze-short": _tempered("0.1", *FREEZE),
 }
-EPOCH_FACTOR = {
-    "bayes-t0.1-freeze": 2,
-    "bayes-t0.01-freeze": 2,
-}  # the task's epochs times this; 1 for the others
 MONTECLORA = tuple(name for name in TRAINED if name.startswith(("paper-", "bayes")))
 POST_HOC = ("temperature", "laplace", "checkpoint-ensemble", "deep-ensemble")
 POST_HOC_DIRS = (
@@ -110,6 +106,7 @@ RTE = ("lora", "mc-dropout", "bayes-t0.1", *DELAYED)
 WITH_REMEDIES = (*CORE, "bayes-t0.01-init", *DELAYED)
 # the two-phase setting on SST-2 and MRPC only: CoLA, RTE and movie reviews gave way to time
 FROZEN = ("bayes-t0.1-freeze", "bayes-t0.01-freeze")
+EPOCH_FACTOR = dict.fromkeys(FROZEN, 2)  # the task's epochs times this; 1 for the others
 
 
 @dataclass(frozen=True)
