@@ -7,7 +7,12 @@ import json
 import pytest
 
 from monteclora_pyro import MonteCLoRAConfig
-from monteclora_pyro.training import PRESET_TRAINING, TrainConfig
+from monteclora_pyro.training import (
+    PRESET_TRAINING,
+    TrainConfig,
+    preset_training,
+    two_phase_training,
+)
 
 
 def test_defaults_follow_design_table():
@@ -84,7 +89,7 @@ def test_the_uncertainty_preset_is_the_tempered_bayesian_objective():
     cfg = MonteCLoRAConfig.uncertainty(r=4)
     assert (cfg.objective, cfg.kl_loss_weight, cfg.cooperative_weight, cfg.r) == (
         "bayes",
-        0.1,
+        0.01,
         0.0,
         4,
     )
@@ -93,6 +98,28 @@ def test_the_uncertainty_preset_is_the_tempered_bayesian_objective():
     assert MonteCLoRAConfig.preset("default") == MonteCLoRAConfig()
     with pytest.raises(ValueError, match="preset='cold' is invalid"):
         MonteCLoRAConfig.preset("cold")
+
+
+@pytest.mark.parametrize(
+    ("epochs", "delay", "total"), [(3, 0.5, 6), (1, 0.5, 2), (3, 0.4, 8), (2, 0.3, 7)]
+)
+def test_two_phase_training_gives_the_adapter_at_least_loras_epochs(epochs, delay, total):
+    settings = two_phase_training(epochs, delay)
+    assert settings == {
+        "epochs": total,
+        "guide_delay_ratio": delay,
+        "guide_lr_restart": True,
+        "freeze_adapter_after_delay": True,
+    }
+    assert epochs <= delay * total < epochs + delay  # the smallest total that reaches epochs
+    TrainConfig(**settings)  # valid together
+
+
+def test_preset_training_is_two_phase_for_uncertainty_only():
+    assert preset_training("uncertainty") == two_phase_training(TrainConfig().epochs)
+    assert preset_training("uncertainty", 1)["epochs"] == 2
+    assert set(PRESET_TRAINING) == {"uncertainty"}
+    assert all(preset_training(name) == {} for name in (None, "default", "paper", "bayes"))
 
 
 def test_the_command_line_preset_is_overridden_by_explicit_options():
@@ -104,11 +131,35 @@ def test_the_command_line_preset_is_overridden_by_explicit_options():
     )
     train_cfg, model_cfg = configs(args)
     assert model_cfg == MonteCLoRAConfig.uncertainty(kl_loss_weight=0.5)
-    assert train_cfg.guide_delay_ratio == PRESET_TRAINING["uncertainty"]["guide_delay_ratio"] > 0
+    two_phase = {k: getattr(train_cfg, k) for k in preset_training("uncertainty")}
+    assert two_phase == preset_training("uncertainty")
+    args = build_parser().parse_args(
+        ["train", "--preset", "uncertainty", "--epochs", "2", "--no-guide-lr-restart"]
+    )
+    assert (configs(args)[0].epochs, configs(args)[0].guide_lr_restart) == (2, False)
+    assert configs(args)[0].freeze_adapter_after_delay  # the preset's, unset here
     args = build_parser().parse_args(
         ["train", "--preset", "uncertainty", "--guide-delay-ratio", "0"]
     )
-    assert configs(args)[0].guide_delay_ratio == 0.0
+    with pytest.raises(ValueError, match="guide_lr_restart=True is invalid"):
+        configs(args)
     plain_train, plain = configs(build_parser().parse_args(["train"]))
     assert plain == MonteCLoRAConfig()
     assert plain_train.guide_delay_ratio == TrainConfig().guide_delay_ratio == 0.0
+    assert {k: getattr(plain_train, k) for k in two_phase} == {
+        k: getattr(TrainConfig(), k) for k in two_phase
+    }
+
+
+def test_the_help_of_an_option_a_preset_sets_gives_both_defaults(monkeypatch):
+    from monteclora_pyro.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option: no wrapping to join
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    text = " ".join(train.format_help().split())
+    for name, value in preset_training("uncertainty").items():
+        default = getattr(TrainConfig(), name)
+        assert f"(default: {default}; --preset uncertainty: {value})" in text, name
+    sweep = parser._subparsers._group_actions[0].choices["sweep"]
+    assert sweep.get_default("epochs") == TrainConfig().epochs  # no preset in a sweep

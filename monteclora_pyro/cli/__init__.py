@@ -111,7 +111,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     print(
         f"\nMovie reviews ({DEFAULT_TASK}), MiniLM-L6, "
-        f"{args.max_train_examples} training examples, {args.epochs} epoch(s):\n"
+        f"{args.max_train_examples} training examples, epochs: "
+        f"{', '.join(f'{method} {n}' for method, n in result.epochs.items())}:\n"
     )
     print(result.table())
     print("\nShifted-domain accuracy (posterior mean / posterior predictive):\n")
@@ -277,7 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/demo", help="(default: %(default)s)")
     p.add_argument("--max-train-examples", type=int, default=2000, help="(default: %(default)s)")
     p.add_argument("--max-eval-examples", type=int, default=300, help="(default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=1, help="(default: %(default)s)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help="LoRA's epochs; MonteCLoRA trains its adapter as long, then its guide alone "
+        "(default: %(default)s)",
+    )
     p.add_argument("--max-length", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--num-samples", type=int, default=8, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="(default: %(default)s)")

@@ -10,7 +10,13 @@ from pathlib import Path
 from monteclora_pyro.config import PRESETS, MonteCLoRAConfig
 from monteclora_pyro.data import TASKS, resolve_task_spec
 from monteclora_pyro.experiments.grid import GRID_FIELDS, SWEPT_FIELDS, model_config
-from monteclora_pyro.training import METHOD_NAMES, OPTIMIZERS, PRESET_TRAINING, TrainConfig
+from monteclora_pyro.training import (
+    METHOD_NAMES,
+    OPTIMIZERS,
+    PRESET_TRAINING,
+    TrainConfig,
+    preset_training,
+)
 from monteclora_pyro.training.tracking import REPORT_TO, check_report_to
 
 _MODEL_FLAGS = {f.name for f in dataclasses.fields(MonteCLoRAConfig)}
@@ -22,10 +28,19 @@ _SWEPT = ("method", "lr", "batch_size", "seed", "output_dir", "resume")
 def train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
     """Every training option; with ``swept``, none of those a sweep sets per cell."""
     d = TrainConfig()
+    presets = {name: preset_training(name) for name in PRESET_TRAINING}
 
     def add(flag: str, **kwargs) -> None:
-        if not (swept and flag[2:].replace("-", "_") in _SWEPT):
-            parser.add_argument(flag, **kwargs)
+        name = flag[2:].replace("-", "_")
+        if swept and name in _SWEPT:
+            return
+        set_by = {preset: values[name] for preset, values in presets.items() if name in values}
+        if set_by and not swept:
+            # Unset, it takes the preset's value (train_config), else TrainConfig's default.
+            kwargs["default"] = argparse.SUPPRESS
+            also = "".join(f"; --preset {preset}: {value}" for preset, value in set_by.items())
+            kwargs["help"] = kwargs["help"].replace("%(default)s", f"{getattr(d, name)}{also}")
+        parser.add_argument(flag, **kwargs)
 
     add(
         "--model",
@@ -78,10 +93,9 @@ def train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
     add(
         "--guide-delay-ratio",
         type=float,
-        default=argparse.SUPPRESS,  # unset: the preset's (PRESET_TRAINING), else the default
+        default=d.guide_delay_ratio,
         help="fraction of the steps trained as plain LoRA first: KL off, guide held "
-        f"(default: {d.guide_delay_ratio}; --preset uncertainty: "
-        f"{PRESET_TRAINING['uncertainty']['guide_delay_ratio']})",
+        "(default: %(default)s)",
     )
     add(
         "--guide-lr-restart",
@@ -181,8 +195,8 @@ def train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
             default=None,
             choices=PRESETS,
             help="start from MonteCLoRAConfig.paper(), .bayes() or .uncertainty() (the "
-            "calibration study's choice, docs/calibration.md, with --guide-delay-ratio 0.5); "
-            "the options below override it "
+            "calibration study's choice, docs/calibration.md, trained in two phases: the "
+            "training options marked '--preset uncertainty' above); options set override it "
             "(default: bayes with --objective bayes, else the class defaults)",
         )
     paper, bayes = MonteCLoRAConfig.paper(), MonteCLoRAConfig.bayes()
@@ -236,7 +250,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     values = vars(args)
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     train_kwargs = {k: v for k, v in values.items() if k in train_fields and v is not None}
-    train_kwargs = PRESET_TRAINING.get(values.get("preset"), {}) | train_kwargs
+    train_kwargs = preset_training(values.get("preset")) | train_kwargs
     if "method" in values:
         task = Path(args.task).name  # a save_to_disk directory: its name
         train_kwargs.setdefault("output_dir", f"runs/{task}-{args.method}-s{args.seed}")

@@ -13,7 +13,7 @@ from monteclora_pyro import runs
 from monteclora_pyro.analysis.tables import TABLE_METRICS, format_table
 from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS
-from monteclora_pyro.training import PRESET_TRAINING, TrainConfig, evaluate_run, train
+from monteclora_pyro.training import TrainConfig, evaluate_run, preset_training, train
 
 DEMO_METHODS = ("monteclora", "lora")
 # MonteCLoRA at the default for uncertainty work; LoRA at the class defaults (the paper's).
@@ -38,6 +38,8 @@ class DemoResult:
     mutual_information : dict of str to float
         Per method, the mean over evaluated examples of the mutual information between the
         label and the weights under the posterior draws (0 for a method without a posterior).
+    epochs : dict of str to int
+        Per method, the epochs it trained.
     """
 
     metrics: dict[str, dict]
@@ -45,6 +47,7 @@ class DemoResult:
     run_dirs: dict[str, Path]
     seconds: float
     mutual_information: dict[str, float]
+    epochs: dict[str, int]
 
     def table(self) -> str:
         """Both prediction modes of each method, with the posterior predictive's MI."""
@@ -84,7 +87,10 @@ def run_demo(
         Receives one run directory per method.
     max_train_examples, max_eval_examples : int, optional
         Use the first N examples.
-    epochs, max_length, num_samples, lr, seed
+    epochs : int
+        LoRA's epochs. MonteCLoRA's preset trains its adapter as long, then its guide alone
+        (:func:`monteclora_pyro.training.preset_training`): twice the epochs in all.
+    max_length, num_samples, lr, seed
         As in :class:`monteclora_pyro.training.TrainConfig`.
     progress : bool
         Show progress bars.
@@ -94,13 +100,13 @@ def run_demo(
     DemoResult
     """
     start = time.perf_counter()
-    metrics, shifted, run_dirs, information = {}, {}, {}, {}
+    metrics, shifted, run_dirs, information, trained = {}, {}, {}, {}, {}
     for method in DEMO_METHODS:
         out = Path(output_dir) / method
+        settings = {"epochs": epochs} | preset_training(DEMO_PRESETS[method], epochs)
         cfg = TrainConfig(
             task=DEFAULT_TASK,
             method=method,
-            epochs=epochs,
             max_train_examples=max_train_examples,
             max_eval_examples=max_eval_examples,
             max_length=max_length,
@@ -108,12 +114,13 @@ def run_demo(
             seed=seed,
             output_dir=str(out),
             lr=lr,
-            **PRESET_TRAINING.get(DEMO_PRESETS[method], {}),
+            **settings,
         )
         resume = (out / runs.CHECKPOINT_FILE).is_file()
         model_cfg = MonteCLoRAConfig.preset(DEMO_PRESETS[method])
         metrics[method] = train(cfg, model_cfg, resume=resume, progress=progress)
         run_dirs[method] = out
+        trained[method] = cfg.epochs
         draws = runs.read_predictions(out).draw_probs
         information[method] = float(np.mean(metric_functions.mutual_information(draws)))
         shifted[method] = {
@@ -127,4 +134,4 @@ def run_demo(
             )
             for domain in SHIFT_DOMAINS
         }
-    return DemoResult(metrics, shifted, run_dirs, time.perf_counter() - start, information)
+    return DemoResult(metrics, shifted, run_dirs, time.perf_counter() - start, information, trained)

@@ -16,8 +16,10 @@ from monteclora_pyro.training.config import (
     PRESET_TRAINING,
     TrainConfig,
     load_run_config,
+    preset_training,
     resolve_device,
     save_run_config,
+    two_phase_training,
 )
 from monteclora_pyro.training.distributed import is_main_process
 from monteclora_pyro.training.evaluation import (
@@ -58,8 +60,10 @@ __all__ = [
     "load_run",
     "load_run_config",
     "predict",
+    "preset_training",
     "resolve_device",
     "save_run_config",
     "token_metrics",
     "train",
+    "two_phase_training",
 ]

@@ -18,9 +18,6 @@ from monteclora_pyro.training.methods import METHODS
 from monteclora_pyro.training.tracking import check_report_to
 
 OPTIMIZERS = ("adamw", "clipped_adam")
-# The training settings a MonteCLoRAConfig preset was selected with (docs/calibration.md): the
-# command line's --preset and `make demo` apply them; set them yourself with the Python API.
-PRESET_TRAINING = {"uncertainty": {"guide_delay_ratio": 0.5}}
 
 
 @dataclass
@@ -235,6 +232,50 @@ class TrainConfig:
             fail(
                 "method", f"{self.method} runs {' and '.join(allowed)} tasks only, not {likelihood}"
             )
+
+
+def two_phase_training(epochs: int, delay: float = 0.5) -> dict:
+    """``TrainConfig`` settings that train the adapter as a LoRA run of ``epochs`` would, then
+    the guide alone around it.
+
+    The run lasts ``ceil(epochs / delay)`` epochs: the adapter runs its learning-rate schedule
+    over the first ``delay`` of the steps and is then held, while the guide's schedule restarts
+    at its peak rate (``guide_delay_ratio``, ``freeze_adapter_after_delay``,
+    ``guide_lr_restart``).
+    """
+    return {
+        "epochs": math.ceil(epochs / delay),
+        "guide_delay_ratio": delay,
+        "guide_lr_restart": True,
+        "freeze_adapter_after_delay": True,
+    }
+
+
+# The training settings each MonteCLoRAConfig preset was selected with (docs/calibration.md),
+# given the epochs a LoRA run would take: the command line's --preset and `make demo` apply
+# them; with the Python API, take them from preset_training.
+PRESET_TRAINING = {"uncertainty": two_phase_training}
+
+
+def preset_training(name: str | None, epochs: int | None = None) -> dict:
+    """The ``TrainConfig`` settings of the ``MonteCLoRAConfig`` preset ``name``.
+
+    Parameters
+    ----------
+    name : str or None
+        A preset (:data:`monteclora_pyro.config.PRESETS`); one without training settings (or
+        None) gives ``{}``.
+    epochs : int, optional
+        The epochs a LoRA run of the task would take (default: ``TrainConfig``'s).
+
+    Returns
+    -------
+    dict
+        Keyword arguments of ``TrainConfig``, e.g.
+        ``TrainConfig(task="mrpc", **preset_training("uncertainty"))``.
+    """
+    settings = PRESET_TRAINING.get(name)
+    return {} if settings is None else settings(TrainConfig.epochs if epochs is None else epochs)
 
 
 def save_run_config(

@@ -12,7 +12,7 @@ from monteclora_pyro import MonteCLoRAConfig, runs
 from monteclora_pyro.cli import main
 from monteclora_pyro.data import DEFAULT_TASK, SHIFT_DOMAINS
 from monteclora_pyro.experiments import demo
-from monteclora_pyro.training import PRESET_TRAINING
+from monteclora_pyro.training import TrainConfig, preset_training
 
 # Two examples; MonteCLoRA's two draws disagree on the first, so its MI there is
 # H(0.5, 0.5) - H(0.9, 0.1) = log 2 + 0.9 log 0.9 + 0.1 log 0.1, and 0 on the second.
@@ -22,6 +22,7 @@ DRAWS = {
     "lora": runs.Predictions(np.array([0, 1]), _DISAGREE[0], _DISAGREE[:1]),
 }
 EXPECTED_MI = (math.log(2) + 0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / 2
+TWO_PHASE = ("epochs", "guide_delay_ratio", "guide_lr_restart", "freeze_adapter_after_delay")
 
 
 def _metrics(accuracy: float) -> dict:
@@ -36,7 +37,7 @@ def calls(monkeypatch):
     def train(cfg, model_cfg, resume, progress):
         calls.append(("train", cfg.method, cfg.task, resume))
         calls.append(("config", cfg.method, model_cfg))
-        calls.append(("delay", cfg.method, cfg.guide_delay_ratio))
+        calls.append(("settings", cfg.method, {k: getattr(cfg, k) for k in TWO_PHASE}))
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         runs.write_predictions(cfg.output_dir, DRAWS[cfg.method])
         return _metrics(0.9 if cfg.method == "monteclora" else 0.8)
@@ -64,8 +65,11 @@ def test_run_demo_trains_both_methods_and_evaluates_every_shifted_domain(calls, 
     configs = {c[1]: c[2] for c in calls if c[0] == "config"}
     assert configs["monteclora"] == MonteCLoRAConfig.uncertainty()  # the default for uncertainty
     assert configs["lora"] == MonteCLoRAConfig()
-    delays = {c[1]: c[2] for c in calls if c[0] == "delay"}  # the preset's training settings
-    assert delays == {"monteclora": PRESET_TRAINING["uncertainty"]["guide_delay_ratio"], "lora": 0}
+    settings = {c[1]: c[2] for c in calls if c[0] == "settings"}  # the preset's training
+    assert settings["monteclora"] == preset_training("uncertainty", 1) | {"epochs": 2}
+    plain = TrainConfig()
+    assert settings["lora"] == {k: getattr(plain, k) for k in TWO_PHASE} | {"epochs": 1}
+    assert result.epochs == {"monteclora": 2, "lora": 1}
     assert result.mutual_information["monteclora"] == pytest.approx(EXPECTED_MI, rel=1e-12)
     assert result.mutual_information["lora"] == 0.0
 
@@ -74,6 +78,7 @@ def test_demo_command_prints_both_tables(calls, tmp_path, capsys):
     assert main(["--quiet", "demo", "--output-dir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "posterior_predictive" in printed and "0.9000" in printed
+    assert "epochs: monteclora 2, lora 1" in printed
     assert "mutual_information" in printed and f"{EXPECTED_MI:.4f}" in printed
     assert "0.7000 / 0.7000" in printed and all(d in printed for d in SHIFT_DOMAINS)
     assert f"monteclora: {tmp_path / 'monteclora'}" in printed

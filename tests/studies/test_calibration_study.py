@@ -7,6 +7,7 @@ whose accuracy, NLL and ECE follow in closed form from how they are built.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from argparse import Namespace
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from monteclora_pyro import metrics, runs
+from monteclora_pyro import MonteCLoRAConfig, metrics, runs
 from monteclora_pyro.cli import build_parser
 from monteclora_pyro.cli.options import configs
 
@@ -33,7 +34,7 @@ def test_tasks_give_sst2_every_method_and_the_other_tasks_the_core():
     assert sst2.methods == tuple(calibration.TRAINED)
     assert sst2.post_hoc == calibration.POST_HOC
     remedies = (*calibration.CORE, "bayes-t0.01-init", *calibration.DELAYED)
-    assert calibration.TASKS["cola"].methods == remedies
+    assert calibration.TASKS["cola"].methods == (*remedies, "bayes-t0.01-freeze")  # the default
     assert calibration.TASKS["mrpc"].methods == (*remedies, *calibration.FROZEN)
     assert set(calibration.TASKS["rte"].methods) - set(calibration.CORE) == set(calibration.DELAYED)
     for task in ("mrpc", "cola", "rte"):
@@ -139,6 +140,18 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
                 bound = gain * math.sqrt(3 / 384)  # kaiming_uniform_ on MiniLM's 384 inputs
                 assert model.precision_scale == pytest.approx(3 / bound**2)  # 1 / Var U(±b)
                 assert model.precision_df >= 1e4
+
+
+@pytest.mark.parametrize("task", ["sst2", "mrpc", "cola"])
+def test_the_uncertainty_preset_is_the_study_setting_it_was_selected_as(task, tmp_path):
+    """docs/calibration.md selects bayes-t0.01-freeze: ``--preset uncertainty`` trains it."""
+    command = calibration.train_command(_args(tmp_path), task, "bayes-t0.01-freeze", 0)
+    study_train, study_model = configs(build_parser().parse_args(command[1:]))
+    preset = [*command[1 : command.index("--method")], *calibration.COMMON]
+    preset += ["--preset", "uncertainty", "--no-eval-every-epoch"]  # evaluation only
+    train, model = configs(build_parser().parse_args([*preset, "--output-dir", str(tmp_path)]))
+    assert model == study_model == MonteCLoRAConfig.uncertainty()
+    assert train == dataclasses.replace(study_train, output_dir=str(tmp_path))
 
 
 def test_post_hoc_and_shifted_commands_parse(tmp_path):
