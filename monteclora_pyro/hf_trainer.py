@@ -11,6 +11,11 @@ guide (MonteCLoRA's, or LoRA's pinned guide; any objective) from the user's own
 - the optimizer is the one ``TrainingArguments.optim`` names, over μ, B and the head (weight
   decay as the Trainer applies it) and, in a parameter group of their own, the variational
   parameters at ``guide_lr`` (no weight decay), on the same schedule;
+- ``guide_delay_ratio``, ``guide_lr_restart`` and ``freeze_adapter_after_delay`` train in
+  phases as :class:`~monteclora_pyro.training.TrainConfig`'s fields of those names do (the
+  linear schedule only), e.g. ``MonteCLoRATrainer(..., **two_phase)`` with ``two_phase`` the
+  training options of ``preset_training("uncertainty")`` other than ``epochs``, for
+  :meth:`MonteCLoRAConfig.uncertainty`;
 - :meth:`~MonteCLoRATrainer.evaluate` reports both prediction modes, the posterior mean and the
   posterior predictive over S guide draws (:func:`~monteclora_pyro.training.evaluate`), as
   ``eval_posterior_mean_accuracy``, ``eval_posterior_predictive_nll``, ...; ``eval_loss`` is the
@@ -38,6 +43,7 @@ process.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -50,15 +56,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import speed_metrics
+from transformers.trainer_utils import SchedulerType, speed_metrics
 
 from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.guides import MonteCLoRAGuide
 from monteclora_pyro.io import ADAPTER_FILE, GUIDE_FILE, read_meta, read_tensors, save_adapter
 from monteclora_pyro.models import MonteCLoRAModel
 from monteclora_pyro.models.params import restore_parameters
+from monteclora_pyro.training.config import phase_problem
 from monteclora_pyro.training.evaluation import evaluate
 from monteclora_pyro.training.methods import LoRAMethod, MonteCLoRAMethod, PyroMethod
+from monteclora_pyro.training.optim import Phases, held_parameters, kl_factor, phase_schedules
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +119,12 @@ class MonteCLoRATrainer(Trainer):
         As for ``Trainer``; ``learning_rate`` is the model's.
     guide_lr : float, optional
         Peak learning rate of the variational parameters (default: ``args.learning_rate``).
+    guide_delay_ratio : float
+        In [0, 1): the fraction of the steps trained with the KL terms off and the guide held.
+    guide_lr_restart : bool
+        Run the guide's schedule over the steps after the delay.
+    freeze_adapter_after_delay : bool
+        Run the adapter's schedule over the delay's steps, then hold the adapter.
     num_samples : int
         Guide draws S of the posterior predictive at evaluation.
     task_metrics : tuple of str
@@ -131,6 +145,9 @@ class MonteCLoRATrainer(Trainer):
         args: TrainingArguments | None = None,
         *,
         guide_lr: float | None = None,
+        guide_delay_ratio: float = 0.0,
+        guide_lr_restart: bool = False,
+        freeze_adapter_after_delay: bool = False,
         num_samples: int = 16,
         task_metrics: tuple[str, ...] = (),
         **kwargs: Any,
@@ -147,8 +164,31 @@ class MonteCLoRATrainer(Trainer):
             raise ValueError(f"guide_lr={guide_lr!r} is invalid: it must be > 0, or None")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples={num_samples!r} is invalid: it must be an integer >= 1")
+        phases = {
+            "guide_delay_ratio": guide_delay_ratio,
+            "guide_lr_restart": guide_lr_restart,
+            "freeze_adapter_after_delay": freeze_adapter_after_delay,
+        }
+        if problem := phase_problem(*phases.values()):
+            name, why = problem
+            raise ValueError(f"{name}={phases[name]!r} is invalid: {why}")
         guide = MonteCLoRAGuide(model) if guide is None else guide
         self.method = _method_class(guide, model.config).from_parts(model, guide)
+        self.guide_delay_ratio = guide_delay_ratio
+        self.phases = Phases(0.0, guide_lr_restart, freeze_adapter_after_delay)
+        self.guide_delay = 0  # in steps, once the scheduler knows how many there are
+        if guide_delay_ratio:
+            if not self.method.variational_parameters():
+                raise ValueError(
+                    f"guide_delay_ratio={guide_delay_ratio} holds a guide's variational "
+                    f"parameters, and {type(guide).__name__} has none"
+                )
+            scheduler = (args or TrainingArguments()).lr_scheduler_type
+            if scheduler != SchedulerType.LINEAR:
+                raise ValueError(
+                    f"guide_delay_ratio={guide_delay_ratio} runs linear schedules over the phases, "
+                    f"and args.lr_scheduler_type is {scheduler.value!r}: set it to 'linear'"
+                )
         self.guide_lr = guide_lr
         self.num_samples = num_samples
         self.task_metrics = tuple(task_metrics)
@@ -210,6 +250,39 @@ class MonteCLoRATrainer(Trainer):
                 )
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """The Trainer's schedule, or with ``guide_delay_ratio`` the linear schedules of the
+        phases (:func:`~monteclora_pyro.training.optim.phase_schedules`)."""
+        if not self.guide_delay_ratio or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        optimizer = self.optimizer if optimizer is None else optimizer
+        self.guide_delay = int(self.guide_delay_ratio * num_training_steps)
+        warmup = self.args.get_warmup_steps(num_training_steps) / num_training_steps
+        phases = dataclasses.replace(self.phases, warmup_ratio=warmup)
+        adapter, guide = phase_schedules(phases, num_training_steps, self.guide_delay)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            [guide if g.get("name") == GUIDE_GROUP else adapter for g in optimizer.param_groups],
+        )
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch: Any = None):
+        """The Trainer's step, with the KL terms off and the held parameters' gradients dropped
+        in the phases of ``guide_delay_ratio``."""
+        if not self.guide_delay_ratio:
+            return super().training_step(model, inputs, num_items_in_batch)
+        step = self.state.global_step
+        self.method.set_kl_factor(kl_factor(step, self.guide_delay, 0))
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        variational = {id(p) for p in self.method.variational_parameters().values()}
+        for param in held_parameters(self.phases, step, self.guide_delay, params, variational):
+            param.grad = None
+        return loss
 
     def compute_loss(
         self,

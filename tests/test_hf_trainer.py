@@ -15,6 +15,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
+    TrainerCallback,
     TrainingArguments,
 )
 
@@ -27,6 +28,7 @@ from monteclora_pyro import (
     load_adapter,
 )
 from monteclora_pyro.hf_trainer import MonteCLoRATrainer
+from monteclora_pyro.training import preset_training
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "# MonteCLoRATrainer example"
@@ -58,7 +60,7 @@ def _build(model_dir, guide_class=MonteCLoRAGuide, config=None):
     return bayes, guide_class(bayes)
 
 
-def _trainer(toy, out, bayes, guide, **args):
+def _trainer(toy, out, bayes, guide, phases=None, **args):
     _, tokenizer, train, evaluation = toy
     options = {
         "output_dir": str(out),
@@ -81,6 +83,7 @@ def _trainer(toy, out, bayes, guide, **args):
         processing_class=tokenizer,
         guide_lr=1e-1,
         num_samples=3,
+        **(phases or {}),
     )
 
 
@@ -160,6 +163,62 @@ def test_lora_guide_bayes_objective_and_refusals(toy, tmp_path):
         MonteCLoRATrainer(bayes.hf_model)
     with pytest.raises(ValueError, match="compute_metrics"):
         MonteCLoRATrainer(bayes, compute_metrics=lambda p: {})
+
+
+class _Recorder(TrainerCallback):
+    """Each step's learning rates and KL factor, and the parameters after it."""
+
+    def __init__(self, trainer, bayes, guide):
+        self.trainer, self.bayes, self.guide = trainer, bayes, guide
+        self.rates, self.factors, self.after = [], [], [_parameters(bayes, guide)]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.rates.append([g["lr"] for g in self.trainer.optimizer.param_groups])
+        self.factors.append(self.trainer.method.kl_factor)
+        self.after.append(_parameters(self.bayes, self.guide))
+
+
+def test_two_phases_train_the_adapter_then_the_guide_alone(toy, tmp_path):
+    bayes, guide = _build(toy[0], config=MonteCLoRAConfig.uncertainty(r=4))
+    phases = {k: v for k, v in preset_training("uncertainty").items() if k != "epochs"}
+    trainer = _trainer(toy, tmp_path / "phases", bayes, guide, phases=phases, max_steps=8)
+    recorder = _Recorder(trainer, bayes, guide)
+    trainer.add_callback(recorder)
+    trainer.train()
+    # The rates the scheduler set for each step, recorded after it: the adapter's linear decay
+    # runs over the first 4 steps, the guide's restarts at its peak at step 4 (no warm-up).
+    adapter = [3e-2 * f for f in (0.75, 0.5, 0.25, 0, 0, 0, 0, 0)]
+    guide_rates = [1e-1 * f for f in (1, 1, 1, 1, 0.75, 0.5, 0.25, 0)]
+    assert [r[0] for r in recorder.rates] == pytest.approx(adapter)
+    assert [r[1] for r in recorder.rates] == pytest.approx(adapter)
+    assert [r[2] for r in recorder.rates] == pytest.approx(guide_rates)
+    assert recorder.factors == [0.0] * 4 + [1.0] * 4  # the KL terms start with the guide
+    variational = {name for name, _ in guide.named_variational_parameters()}
+
+    def moved(step: int, names: set[str]) -> bool:
+        before, after = recorder.after[step], recorder.after[step + 1]
+        return any(not torch.equal(before[n], after[n]) for n in names)
+
+    adapter_names = set(recorder.after[0]) - variational
+    assert all(moved(s, adapter_names) and not moved(s, variational) for s in range(4))
+    assert all(moved(s, variational) and not moved(s, adapter_names) for s in range(4, 8))
+
+
+def test_two_phases_refuse_what_they_cannot_run(toy, tmp_path):
+    bayes, guide = _build(toy[0], config=MonteCLoRAConfig.uncertainty(r=4))
+    args = TrainingArguments(str(tmp_path / "x"), report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match="freeze_adapter_after_delay=True is invalid: .* is 0"):
+        MonteCLoRATrainer(bayes, guide, args, freeze_adapter_after_delay=True)
+    with pytest.raises(ValueError, match=r"guide_delay_ratio=1\.0 is invalid"):
+        MonteCLoRATrainer(bayes, guide, args, guide_delay_ratio=1.0)
+    cosine = TrainingArguments(
+        str(tmp_path / "x"), report_to="none", use_cpu=True, lr_scheduler_type="cosine"
+    )
+    with pytest.raises(ValueError, match="'cosine': set it to 'linear'"):
+        MonteCLoRATrainer(bayes, guide, cosine, guide_delay_ratio=0.5)
+    bayes, guide = _build(toy[0], LoRAGuide)
+    with pytest.raises(ValueError, match="LoRAGuide has none"):
+        MonteCLoRATrainer(bayes, guide, args, guide_delay_ratio=0.5)
 
 
 def _readme_example() -> str:

@@ -20,6 +20,23 @@ from monteclora_pyro.training.tracking import check_report_to
 OPTIMIZERS = ("adamw", "clipped_adam")
 
 
+def phase_problem(delay: float, restart: bool, freeze: bool) -> tuple[str, str] | None:
+    """What is wrong with ``guide_delay_ratio``, ``guide_lr_restart`` and
+    ``freeze_adapter_after_delay`` (``delay``, ``restart``, ``freeze``): the first invalid one's
+    name and why, or None."""
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay < 1:
+        return "guide_delay_ratio", "it must be a number in [0, 1)"
+    for name, value, acts in (
+        ("guide_lr_restart", restart, "it restarts the guide's schedule"),
+        ("freeze_adapter_after_delay", freeze, "it holds the adapter"),
+    ):
+        if not isinstance(value, bool):
+            return name, "it must be True or False"
+        if value and not delay:
+            return name, f"{acts} after guide_delay_ratio, which is 0"
+    return None
+
+
 @dataclass
 class TrainConfig:
     """Everything about a fine-tuning run other than the MonteCLoRA model itself.
@@ -184,17 +201,9 @@ class TrainConfig:
         warmup = self.kl_warmup_steps
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             fail("kl_warmup_steps", "it must be an integer >= 0")
-        delay = self.guide_delay_ratio
-        if isinstance(delay, bool) or not isinstance(delay, int | float) or not 0 <= delay < 1:
-            fail("guide_delay_ratio", "it must be a number in [0, 1)")
-        for name, acts in (
-            ("guide_lr_restart", "it restarts the guide's schedule"),
-            ("freeze_adapter_after_delay", "it holds the adapter"),
-        ):
-            if not isinstance(getattr(self, name), bool):
-                fail(name, "it must be True or False")
-            if getattr(self, name) and not delay:
-                fail(name, f"{acts} after guide_delay_ratio, which is 0")
+        phases = (self.guide_delay_ratio, self.guide_lr_restart, self.freeze_adapter_after_delay)
+        if problem := phase_problem(*phases):
+            fail(*problem)
         if self.guide_lr is not None and not (self.guide_lr > 0 and math.isfinite(self.guide_lr)):
             fail("guide_lr", "it must be a finite number > 0, or None (the same as lr)")
         if not self.weight_decay >= 0:

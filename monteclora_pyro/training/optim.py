@@ -4,6 +4,7 @@ the KL terms."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from pyro.optim.clipped_adam import ClippedAdam
@@ -35,21 +36,37 @@ def linear_lr(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def lr_schedules(cfg: TrainConfig, total: int, delay: int, groups: int) -> list[Callable]:
-    """Learning-rate multipliers of :func:`make_optimizer`'s ``groups`` parameter groups:
-    :func:`linear_lr` over all ``total`` steps, except for the adapter's group under
-    ``freeze_adapter_after_delay``, whose schedule runs over the first ``delay`` steps, and the
-    guide's group under ``guide_lr_restart``, whose schedule runs over the steps after it."""
+@dataclass(frozen=True)
+class Phases:
+    """The fields of :class:`TrainConfig` the schedules below read, for a trainer without one
+    (:class:`monteclora_pyro.hf_trainer.MonteCLoRATrainer`)."""
+
+    warmup_ratio: float = 0.0
+    guide_lr_restart: bool = False
+    freeze_adapter_after_delay: bool = False
+
+
+def phase_schedules(cfg: TrainConfig | Phases, total: int, delay: int) -> tuple[Callable, Callable]:
+    """Learning-rate multipliers of the adapter and of the guide: :func:`linear_lr` over all
+    ``total`` steps, except the adapter's under ``freeze_adapter_after_delay``, which runs over
+    the first ``delay`` steps, and the guide's under ``guide_lr_restart``, which runs over the
+    steps after them."""
     warmup = int(cfg.warmup_ratio * total)
-    schedules = [lambda s: linear_lr(s, warmup, total)] * groups
+    adapter = guide = lambda s: linear_lr(s, warmup, total)
     if cfg.freeze_adapter_after_delay:
         adapter_warmup = int(cfg.warmup_ratio * delay)
-        schedules[0] = lambda s: linear_lr(s, adapter_warmup, delay)
-    if cfg.guide_lr_restart and groups == 2:
+        adapter = lambda s: linear_lr(s, adapter_warmup, delay)  # noqa: E731
+    if cfg.guide_lr_restart:
         guide_steps = total - delay
         guide_warmup = int(cfg.warmup_ratio * guide_steps)
-        schedules[1] = lambda s: linear_lr(max(0, s - delay), guide_warmup, guide_steps)
-    return schedules
+        guide = lambda s: linear_lr(max(0, s - delay), guide_warmup, guide_steps)  # noqa: E731
+    return adapter, guide
+
+
+def lr_schedules(cfg: TrainConfig, total: int, delay: int, groups: int) -> list[Callable]:
+    """Learning-rate multipliers of :func:`make_optimizer`'s ``groups`` parameter groups (the
+    adapter's, then the guide's if there is one): :func:`phase_schedules`."""
+    return list(phase_schedules(cfg, total, delay))[:groups]
 
 
 def kl_factor(step: int, delay: int, warmup: int) -> float:
@@ -63,7 +80,11 @@ def kl_factor(step: int, delay: int, warmup: int) -> float:
 
 
 def held_parameters(
-    cfg: TrainConfig, step: int, delay: int, params: list[torch.nn.Parameter], variational: set[int]
+    cfg: TrainConfig | Phases,
+    step: int,
+    delay: int,
+    params: list[torch.nn.Parameter],
+    variational: set[int],
 ) -> list[torch.nn.Parameter]:
     """The parameters the optimiser skips at ``step``, moments and all: the guide's (those whose
     ``id`` is in ``variational``) before ``delay``, the others after it under
