@@ -183,10 +183,11 @@ class MonteCLoRAConfig:
         It was selected trained in two phases: the adapter as a LoRA run, then the guide
         alone around it over as many epochs again
         (``training.preset_training("uncertainty")``; the command line's
-        ``--preset uncertainty`` and ``make demo`` apply it). In the study, on SST-2 and MRPC
-        (it was not run on CoLA and RTE), its accuracy came within 2 points of LoRA's; its ECE
-        and NLL beat temperature scaling's on SST-2 and trail them on MRPC, at 2-3x LoRA's
-        training time. Check its validation accuracy against LoRA's before relying on it."""
+        ``--preset uncertainty`` and ``make demo`` apply it). In the study its accuracy came
+        within 2 points of LoRA's on SST-2 and MRPC, and its ECE and NLL beat temperature
+        scaling's on SST-2 and trail them on MRPC, at 2-3x LoRA's training time; on CoLA it
+        drifts to the majority class (MCC 0.07 against LoRA's 0.18). Check its validation
+        score against LoRA's before relying on it."""
         return cls.bayes(**{"kl_loss_weight": 0.01, **overrides})
 
     @classmethod
