@@ -177,24 +177,24 @@ class MonteCLoRATrainer(Trainer):
         self.guide_delay_ratio = guide_delay_ratio
         self.phases = Phases(0.0, guide_lr_restart, freeze_adapter_after_delay)
         self.guide_delay = 0  # in steps, once the scheduler knows how many there are
-        if guide_delay_ratio:
-            if not self.method.variational_parameters():
-                raise ValueError(
-                    f"guide_delay_ratio={guide_delay_ratio} holds a guide's variational "
-                    f"parameters, and {type(guide).__name__} has none"
-                )
-            scheduler = (args or TrainingArguments()).lr_scheduler_type
-            if scheduler != SchedulerType.LINEAR:
-                raise ValueError(
-                    f"guide_delay_ratio={guide_delay_ratio} runs linear schedules over the phases, "
-                    f"and args.lr_scheduler_type is {scheduler.value!r}: set it to 'linear'"
-                )
+        self.variational_ids = {id(p) for p in self.method.variational_parameters().values()}
+        if guide_delay_ratio and not self.variational_ids:
+            raise ValueError(
+                f"guide_delay_ratio={guide_delay_ratio} holds a guide's variational "
+                f"parameters, and {type(guide).__name__} has none"
+            )
         self.guide_lr = guide_lr
         self.num_samples = num_samples
         self.task_metrics = tuple(task_metrics)
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_count = 0
         super().__init__(model=MonteCLoRAModule(self.method), args=args, **kwargs)
+        if guide_delay_ratio and self.args.lr_scheduler_type != SchedulerType.LINEAR:
+            raise ValueError(
+                f"guide_delay_ratio={guide_delay_ratio} runs linear schedules over the phases, and "
+                f"args.lr_scheduler_type is {self.args.lr_scheduler_type.value!r}: set it to "
+                "'linear'"
+            )
         if self.args.n_gpu > 1:
             raise ValueError(
                 f"{self.args.n_gpu} GPUs in one process (torch.nn.DataParallel) are not supported: "
@@ -279,8 +279,8 @@ class MonteCLoRATrainer(Trainer):
         self.method.set_kl_factor(kl_factor(step, self.guide_delay, 0))
         loss = super().training_step(model, inputs, num_items_in_batch)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        variational = {id(p) for p in self.method.variational_parameters().values()}
-        for param in held_parameters(self.phases, step, self.guide_delay, params, variational):
+        held = held_parameters(self.phases, step, self.guide_delay, params, self.variational_ids)
+        for param in held:
             param.grad = None
         return loss
 
