@@ -1,7 +1,8 @@
 """Does MonteCLoRA's uncertainty pay? The calibration study behind docs/calibration.md.
 
     python studies/calibration.py --data-dir "$GLUE_DIR" [--tasks sst2,mrpc,cola,rte,movie-reviews]
-        [--methods lora,...] [--workers 2] [--output-dir runs/calibration] [--report-only]
+        [--methods lora,...] [--workers 2] [--output-dir runs/calibration]
+        [--report-only | --record-only]
 
 Trains MiniLM-L6 on each task with the methods :data:`TASKS` gives it (every method of
 :data:`TRAINED` on SST-2, :data:`CORE` elsewhere; seeds :data:`SEEDS`; LoRA on one more, for
@@ -11,7 +12,10 @@ the movie-review runs on the shifted domains, and writes
 ``monteclora`` command, logged to ``OUTPUT_DIR/commands.log``; finished steps are skipped and
 interrupted runs resume from their checkpoints, so the same command continues a study. A
 finished run trained with other settings than :data:`TASKS` now gives (say after a change to
-it) stops the study before anything runs: move it aside to rerun it.
+it) stops the study before anything runs: move it aside to rerun it. What the report reads of
+each run is recorded beside it (``studies/calibration_records.py``): a recorded run counts as
+finished on a machine where ``runs/`` is gone, and ``--report-only`` regenerates from the
+records; ``--record-only`` records the finished runs without rewriting the report.
 """
 
 from __future__ import annotations
@@ -135,6 +139,9 @@ TASKS = {
     ),
 }
 
+REPORTED = tuple(t for t in TASKS if t != "movie-reviews")  # a table each; movie reviews feed
+# the shifted-domain section, which reads the run directories only
+
 
 def run_dir(root: Path, task: str, name: str, seed: int) -> Path:
     """Where the run of ``name`` (a trained method or a post-hoc baseline) on a task lives."""
@@ -145,16 +152,22 @@ def seeds_of(name: str) -> tuple[int, ...]:
     return ENSEMBLE_SEEDS if name == "lora" else SEEDS
 
 
-def train_command(args, task: str, name: str, seed: int) -> list[str]:
-    setting, out = TASKS[task], run_dir(Path(args.output_dir), task, name, seed)
-    command = ["monteclora", "--quiet", "train", "--task", task, "--seed", str(seed)]
-    if args.data_dir is not None:
-        command += ["--data-dir", args.data_dir]
+def study_options(task: str, name: str, seed: int) -> list[str]:
+    """What a run trains: its ``train`` command's options less where it reads and writes."""
+    setting = TASKS[task]
+    options = ["--quiet", "train", "--task", task, "--seed", str(seed)]
     if setting.max_train_examples is not None:
-        command += ["--max-train-examples", str(setting.max_train_examples)]
+        options += ["--max-train-examples", str(setting.max_train_examples)]
     epochs = setting.epochs * EPOCH_FACTOR.get(name, 1)
-    command += ["--max-length", str(setting.max_length), "--epochs", str(epochs)]
-    command += [*COMMON, *TRAINED[name], "--output-dir", str(out)]
+    options += ["--max-length", str(setting.max_length), "--epochs", str(epochs)]
+    return [*options, *COMMON, *TRAINED[name]]
+
+
+def train_command(args, task: str, name: str, seed: int) -> list[str]:
+    out = run_dir(Path(args.output_dir), task, name, seed)
+    options = study_options(task, name, seed)
+    data = [] if args.data_dir is None else ["--data-dir", args.data_dir]
+    command = ["monteclora", *options[:6], *data, *options[6:], "--output-dir", str(out)]
     if runs.is_run(out):  # interrupted: from its checkpoint, or afresh before the first one
         command.append("--resume")
     return command
@@ -227,11 +240,10 @@ MOVABLE = ("output_dir", "data_dir")  # where a run lives and reads its data may
 RESOLVED = ("target_modules", "modules_to_save")  # None: the backbone's, saved resolved
 
 
-def stale_settings(command: list[str], run: Path) -> list[str]:
-    """The settings the finished ``run`` was trained with that differ from ``command``'s."""
+def stale_settings(command: list[str], saved: dict) -> list[str]:
+    """The settings of a finished run's ``saved`` configuration that differ from ``command``'s."""
     train, model = configs(build_parser().parse_args(command[1:]))
     wanted = {"train": dataclasses.asdict(train), "monteclora": model.to_dict()}
-    saved = runs.read_config(run)
     return [
         f"{group}.{key}={saved[group][key]!r} (the study sets {value!r})"
         for group, values in wanted.items()
@@ -243,22 +255,46 @@ def stale_settings(command: list[str], run: Path) -> list[str]:
     ]
 
 
-def training_jobs(args, root: Path, task: str) -> list[list[str]]:
-    """The training commands of ``task`` still to run.
+def nothing_recorded(task: str, name: str, seed: int) -> bool:
+    return False
+
+
+def pending_post_hoc(args, root: Path, task: str, recorded=nothing_recorded) -> list:
+    """(output, command) of the post-hoc baselines of ``task`` neither finished nor
+    ``recorded`` (``calibration_records.Records.finished``)."""
+    return [
+        (out, command)
+        for out, command in post_hoc_commands(root, task)
+        if not (out / runs.METRICS_FILE).is_file()
+        and not recorded(task, *_name_seed(out))
+        and any(out.name.startswith(name) for name in TASKS[task].post_hoc if name in args.post_hoc)
+    ]
+
+
+def _name_seed(out: Path) -> tuple[str, int]:
+    name, seed = out.name.rsplit("-s", 1)
+    return name, int(seed)
+
+
+def training_jobs(args, root: Path, task: str, recorded=nothing_recorded) -> list[list[str]]:
+    """The training commands of ``task`` still to run: those neither finished here nor
+    ``recorded``, and the LoRA runs not here while a post-hoc baseline still needs them.
 
     Raises ``SystemExit`` naming every finished run trained with other settings than the
     study's (say after ``TASKS`` changed): move those aside to rerun them; nothing is deleted.
     """
     jobs, stale = [], []
+    sources_needed = bool(pending_post_hoc(args, root, task, recorded))
     for seed in ENSEMBLE_SEEDS:
         for name in (m for m in TASKS[task].methods if m in args.methods):
             if seed not in seeds_of(name):
                 continue
             command, out = train_command(args, task, name, seed), run_dir(root, task, name, seed)
-            if not (out / runs.METRICS_FILE).is_file():
+            if (out / runs.METRICS_FILE).is_file():
+                if differences := stale_settings(command, runs.read_config(out)):
+                    stale.append(f"{out}: {', '.join(differences)}")
+            elif not recorded(task, name, seed) or (name == "lora" and sources_needed):
                 jobs.append(command)
-            elif differences := stale_settings(command, out):
-                stale.append(f"{out}: {', '.join(differences)}")
     if stale:
         raise SystemExit(
             "finished runs trained with other settings than the study's; move them aside "
@@ -267,15 +303,10 @@ def training_jobs(args, root: Path, task: str) -> list[list[str]]:
     return jobs
 
 
-def post_hoc_jobs(args, root: Path, task: str) -> list[list[str]]:
+def post_hoc_jobs(args, root: Path, task: str, recorded=nothing_recorded) -> list[list[str]]:
     """The post-hoc and shifted-domain commands of ``task`` still to run, once its training
     is done; a post-hoc output cut off before its metrics is removed, to be redone."""
-    post = [
-        (out, command)
-        for out, command in post_hoc_commands(root, task)
-        if not (out / runs.METRICS_FILE).is_file()
-        and any(out.name.startswith(name) for name in TASKS[task].post_hoc if name in args.post_hoc)
-    ]
+    post = pending_post_hoc(args, root, task, recorded)
     if task == "movie-reviews":
         methods = [m for m in TASKS[task].methods if m in args.methods]
         post += [
@@ -289,13 +320,14 @@ def post_hoc_jobs(args, root: Path, task: str) -> list[list[str]]:
     return [command for _, command in post]
 
 
-def run_study(args) -> None:
+def run_study(args, recorded=nothing_recorded) -> None:
     """Run every task's training in one pool of ``args.workers`` (so that no worker idles while
-    a task finishes), then each task's post-hoc baselines once its own training is done."""
+    a task finishes), then each task's post-hoc baselines once its own training is done; a
+    step ``recorded(task, name, seed)`` says is done elsewhere is skipped."""
     root = Path(args.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     runner = Runner(root, args.threads)
-    jobs = {task: training_jobs(args, root, task) for task in args.tasks}
+    jobs = {task: training_jobs(args, root, task, recorded) for task in args.tasks}
     with ThreadPoolExecutor(args.workers) as pool:
         trained = {}
         for task, commands in jobs.items():
@@ -304,7 +336,8 @@ def run_study(args) -> None:
         post = []
         for task in args.tasks:
             wait(trained[task])
-            post += [pool.submit(runner, command) for command in post_hoc_jobs(args, root, task)]
+            found = post_hoc_jobs(args, root, task, recorded)
+            post += [pool.submit(runner, command) for command in found]
         wait(post)
 
 
@@ -327,6 +360,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--doc", default="docs/calibration.md")
     parser.add_argument("--report-only", action="store_true", help="only write the report")
+    parser.add_argument(
+        "--record-only",
+        action="store_true",
+        help="only record the finished runs in the report's records (calibration_records.py), "
+        "keeping the report as it is",
+    )
     args = parser.parse_args()
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -340,12 +379,18 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown {kind} {unknown}; the study has {list(known)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if not args.report_only:
-        run_study(args)
     sys.path.insert(0, str(Path(__file__).parent))
+    from calibration_records import Records
     from calibration_report import write_report
 
-    write_report(Path(args.output_dir), Path(args.doc), args)
+    records = Records(Path(args.doc).parent / "calibration", Path(args.output_dir))
+    if args.record_only:
+        logger.info("%d runs recorded in %s", records.record_present(), records.directory)
+        records.save(prune=False)
+        return
+    if not args.report_only:
+        run_study(args, records.finished)
+    write_report(records, Path(args.doc))
 
 
 if __name__ == "__main__":

@@ -16,16 +16,16 @@ from calibration import (
     CHECKPOINT_MEMBERS,
     ENSEMBLE_SEEDS,
     MONTECLORA,
+    REPORTED,
     SEEDS,
     TASKS,
     TRAINED,
-    run_dir,
 )
-from calibration_scores import cell, normalised, relative_width, scores, train_nll
+from calibration_records import Records, number
+from calibration_scores import cell, normalised
 from calibration_shifted import shifted_section
 from matplotlib.figure import Figure
 
-from monteclora_pyro import runs
 from monteclora_pyro.analysis.plots import plot_reliability
 from monteclora_pyro.analysis.tables import format_table
 from monteclora_pyro.data import get_task_spec
@@ -39,53 +39,32 @@ COLUMNS = (
 )  # fmt: skip
 
 
-def command_seconds(root: Path) -> dict[str, float]:
-    """Wall seconds of each logged command, by its output directory."""
-    log = root / "commands.log"
-    seconds = {}
-    for line in log.read_text().splitlines() if log.is_file() else []:
-        found = re.search(r"--output-dir (\S+).*# rc=0 (\d+)s$", line)
-        if found:
-            seconds[found.group(1)] = float(found.group(2))
-    return seconds
-
-
 class TaskResults:
-    """Every finished run of one task, read back."""
+    """Every finished or recorded run of one task (:class:`~calibration_records.Records`)."""
 
-    def __init__(self, root: Path, task: str):
-        self.root, self.task = root, task
-        self.seconds = command_seconds(root)
-        self._validation: dict[Path, runs.Predictions | None] = {}
+    def __init__(self, records: Records, task: str):
+        self.records, self.task = records, task
 
-    def runs_of(self, name: str, seeds=SEEDS) -> list[Path]:
-        found = [run_dir(self.root, self.task, name, s) for s in seeds]
-        return [d for d in found if (d / runs.METRICS_FILE).is_file()]
+    def seeds_of(self, name: str, seeds=SEEDS) -> list[int]:
+        return [s for s in seeds if self.records.get(self.task, name, s) is not None]
 
-    def validation_predictions(self, run: Path) -> runs.Predictions | None:
-        """The predictions of ``run`` on its carved validation split, read once."""
-        if run not in self._validation:
-            directory = runs.evaluation_dir(run, self.task, runs.VALIDATION_SPLIT)
-            found = runs.read_predictions(directory) if runs.has_predictions(directory) else None
-            self._validation[run] = found
-        return self._validation[run]
+    def figures(self, name: str, seeds=SEEDS) -> list[dict]:
+        return [self.records.get(self.task, name, s) for s in self.seeds_of(name, seeds)]
 
-    def validation(self, run: Path) -> dict | None:
-        predictions = self.validation_predictions(run)
-        return None if predictions is None else scores(predictions, self.task)
+    def validation(self, name: str) -> list[dict]:
+        return [f["validation"] for f in self.figures(name) if f["validation"] is not None]
 
     def mean_validation(self, name: str, key: str) -> float:
-        values = [v[key] for d in self.runs_of(name) if (v := self.validation(d)) is not None]
+        values = [number(v[key]) for v in self.validation(name)]
         return float(np.mean(values)) if values else math.nan
 
     def timing(self, name: str) -> tuple[float, float]:
         """Mean training and evaluation seconds of a trained method."""
-        found = [runs.read_timing(d) for d in self.runs_of(name, ENSEMBLE_SEEDS)]
-        found = [t for t in found if t is not None]
+        found = [f for f in self.figures(name, ENSEMBLE_SEEDS) if f["train_seconds"] is not None]
         if not found:
             return math.nan, math.nan
         return tuple(
-            float(np.mean([t[k] for t in found])) for k in ("train_seconds", "eval_seconds")
+            float(np.mean([number(f[k]) for f in found])) for k in ("train_seconds", "eval_seconds")
         )
 
     def cost(self, name: str) -> tuple[float, float]:
@@ -99,21 +78,19 @@ class TaskResults:
             m = int(members.group(1))
             deep = name.startswith("deep")
             return (float(m) if deep else 1.0), float(m)
-        fits = [self.seconds.get(str(d), math.nan) for d in self.runs_of(name)]
+        fits = [number(f["command_seconds"]) for f in self.figures(name)]
         return 1.0 + float(np.mean(fits)) / lora_train, math.nan
 
     def row(self, name: str, label: str | None = None) -> dict | None:
         seeds = tuple(range(len(ENSEMBLE_SEEDS))) if name == "deep-ensemble-m3" else SEEDS
         if name == "deep-ensemble-m4":
             seeds = (0,)
-        found = self.runs_of(name, seeds)
+        found = self.figures(name, seeds)
         if not found:
             return None
-        per_seed = [scores(runs.read_predictions(d), self.task) for d in found]
-        sources = [d if name in TRAINED else self.source(d) for d in found]
         per_seed = [
-            s | {"train_nll": train_nll(src) if src else math.nan}
-            for s, src in zip(per_seed, sources, strict=True)
+            {k: number(v) for k, v in f["dev"].items()} | {"train_nll": number(f["train_nll"])}
+            for f in found
         ]
         train_time, eval_time = self.cost(name)
         row = {"method": label or name, "seeds": len(found), "_name": name}
@@ -127,10 +104,6 @@ class TaskResults:
         row["_per_seed"] = per_seed
         return row
 
-    def source(self, run: Path) -> Path | None:
-        source = runs.read_metrics(run).get("source")
-        return Path(source) if source else None
-
     def select_checkpoint_members(self) -> str | None:
         """The checkpoint ensemble's M with the lowest mean validation NLL."""
         names = [f"checkpoint-ensemble-m{m}" for m in CHECKPOINT_MEMBERS]
@@ -138,35 +111,41 @@ class TaskResults:
         nlls = {n: v for n, v in nlls.items() if not math.isnan(v)}
         return min(nlls, key=nlls.get) if nlls else None
 
-    def majority_rate(self) -> float:
-        """Mean share of the most frequent class in the validation splits of LoRA's runs."""
-        shares = []
-        for run in self.runs_of("lora"):
-            if (predictions := self.validation_predictions(run)) is not None:
-                shares.append(np.bincount(predictions.labels).max() / len(predictions.labels))
-        return float(np.mean(shares)) if shares else math.nan
+    def selected_on(self) -> str:
+        """The validation figure a setting must keep within 0.5 points of LoRA's: accuracy, and
+        on CoLA its own score, MCC (accuracy there rewards the majority class)."""
+        return "score" if "mcc" in get_task_spec(self.task).metrics else "accuracy"
+
+    def chance(self) -> float:
+        """Mean validation :meth:`selected_on` figure of the constant majority-class prediction
+        over LoRA's runs: the majority share for accuracy, 0 for MCC."""
+        key = self.selected_on()
+        found = [number(f["validation_chance"][key]) for f in self.figures("lora")]
+        return float(np.mean([v for v in found if not math.isnan(v)])) if found else math.nan
 
     def learned(self) -> bool:
         """Whether LoRA beats the majority class on validation by more than 0.5 points; where
         it does not, every constant predictor is "within 0.5 points" of it."""
-        return self.mean_validation("lora", "accuracy") - self.majority_rate() > ACCURACY_SLACK
+        return self.mean_validation("lora", self.selected_on()) - self.chance() > ACCURACY_SLACK
 
     def select_monteclora(self) -> tuple[str | None, list[dict]]:
-        """The MonteCLoRA setting with the lowest validation NLL at accuracy within 0.5 points
-        of LoRA's; none on a task LoRA has not learned (:meth:`learned`)."""
-        floor = self.mean_validation("lora", "accuracy") - ACCURACY_SLACK
+        """The MonteCLoRA setting with the lowest validation NLL at a :meth:`selected_on`
+        figure within 0.5 points of LoRA's; none on a task LoRA has not learned."""
+        key = self.selected_on()
+        floor = self.mean_validation("lora", key) - ACCURACY_SLACK
         if not self.learned():
             floor = math.inf
+        column = "val_accuracy" if key == "accuracy" else "val_score"
         table = []
         for name in MONTECLORA:
-            accuracy, nll = (self.mean_validation(name, k) for k in ("accuracy", "nll"))
+            figure, nll = (self.mean_validation(name, k) for k in (key, "nll"))
             if not math.isnan(nll):
-                width = [relative_width(d) for d in self.runs_of(name)]
+                width = [number(f["q_width"]) for f in self.figures(name)]
                 table.append(
-                    {"setting": name, "val_accuracy": accuracy, "val_nll": nll}
+                    {"setting": name, column: figure, "val_nll": nll}
                     | {"q(A) sd ÷ rms μ_A": float(np.mean(width))}
                 )
-        eligible = [r for r in table if r["val_accuracy"] >= floor]
+        eligible = [r for r in table if r[column] >= floor]
         chosen = min(eligible, key=lambda r: r["val_nll"]) if eligible else None
         for r in table:
             r["eligible"] = r in eligible
@@ -222,22 +201,27 @@ def task_section(
             }
             for r in selection
         ]
+        key = results.selected_on()
+        figure_name = "accuracy" if key == "accuracy" else score_name
         text.append(
-            "MonteCLoRA settings on the validation split (lowest NLL among those whose accuracy "
-            f"is within 0.5 points of LoRA's {results.mean_validation('lora', 'accuracy'):.4f}; "
+            f"MonteCLoRA settings on the validation split (lowest NLL among those whose "
+            f"{figure_name} is within 0.5 points of LoRA's "
+            f"{results.mean_validation('lora', key):.4f}; "
             "the last column, the Bayesian objective's q(A) sd over the root mean square of its "
             "mean μ_A, averaged over layers and seeds, says how much of A is noise):\n"
         )
         if not results.learned():
             text.append(
-                f"LoRA's validation accuracy is within 0.5 points of the majority class's share "
-                f"({results.majority_rate():.4f}): LoRA has not learned the task, so it selects "
+                f"LoRA's validation {figure_name} is within 0.5 points of the majority class's "
+                f"({results.chance():.4f}): LoRA has not learned the task, so it selects "
                 "no setting.\n"
             )
+        column = "val_accuracy" if key == "accuracy" else "val_score"
         text.append(
             format_table(
                 rows_sel,
-                ["setting", "val_accuracy", "val_nll", "eligible", "chosen", "q(A) sd ÷ rms μ_A"],
+                ["setting", column, "val_nll", "eligible", "chosen", "q(A) sd ÷ rms μ_A"],
+                headers={"val_score": f"val_{score_name}"},
                 markdown=True,
             )
             + "\n"
@@ -266,10 +250,8 @@ def reliability_figure(
         wanted[f"monteclora {default} (the default)"] = default
     curves = {}
     for label, name in wanted.items():
-        found = results.runs_of(name, (0,))
-        if found:
-            p = runs.read_predictions(found[0])
-            curves[label] = (normalised(p.predictive_probs), p.labels)
+        if (found := results.records.seed_probs(results.task, name)) is not None:
+            curves[label] = (normalised(found[0]), found[1])
     return plot_reliability(curves) if curves else None
 
 
@@ -354,8 +336,8 @@ def ece_accuracy_figure(sections: dict) -> Figure | None:
     return fig
 
 
-def write_report(root: Path, doc: Path, args) -> None:
-    """Write ``doc`` and its figures from the runs under ``root``."""
+def write_report(records: Records, doc: Path) -> None:
+    """Write ``doc`` and its figures from the ``records`` of the study's runs, and save them."""
     figures = doc.parent / "calibration"
     figures.mkdir(parents=True, exist_ok=True)
     kept = ""
@@ -363,7 +345,7 @@ def write_report(root: Path, doc: Path, args) -> None:
         old = doc.read_text()
         if READING[0] in old and READING[1] in old:
             kept = old[old.index(READING[0]) : old.index(READING[1]) + len(READING[1])]
-    results = {t: TaskResults(root, t) for t in TASKS if t != "movie-reviews"}
+    results = {t: TaskResults(records, t) for t in REPORTED}
     selections = {t: r.select_monteclora() for t, r in results.items()}
     default = default_setting(selections)
     sections, texts = {}, []
@@ -376,9 +358,11 @@ def write_report(root: Path, doc: Path, args) -> None:
         figure.savefig(figures / "ece-accuracy.png", dpi=110)
     header = Path(__file__).with_name("calibration_header.md").read_text()
     reading = kept or f"{READING[0]}\n{READING[1]}"
-    body = [header, goals_section(sections, default), reading, *texts, shifted_section(root)]
+    body = [header, goals_section(sections, default), reading, *texts]
+    body.append(shifted_section(records.root))
     if figure is not None:
         body.append(
             "## ECE against accuracy\n\n![ECE against accuracy](calibration/ece-accuracy.png)\n"
         )
     doc.write_text("\n\n".join(part.strip() for part in body) + "\n")
+    records.save()

@@ -39,6 +39,17 @@ def scores(predictions, task: str) -> dict:
     }
 
 
+def chance_scores(labels: np.ndarray, task: str) -> dict:
+    """``accuracy`` and ``score`` of always predicting the most frequent class: its share, and
+    the task's score of that constant (MCC 0 on CoLA)."""
+    labels = np.asarray(labels)
+    classes = get_task_spec(task).num_labels
+    probs = np.full((len(labels), classes), 0.5 / classes)
+    probs[:, np.bincount(labels, minlength=classes).argmax()] += 0.5
+    found = scores(runs.Predictions(labels, probs, probs[None]), task)
+    return {"accuracy": found["accuracy"], "score": found["score"]}
+
+
 def train_nll(run: Path) -> float:
     """Mean training-batch NLL over the last epoch of a trained run."""
     history = runs.read_history(run, kind="train")

@@ -8,7 +8,9 @@ whose accuracy, NLL and ECE follow in closed form from how they are built.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import shutil
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -25,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).parents[2] / "studies"))
 
 import calibration
 import calibration_report as report
+from calibration_records import Records, expected_options
+from calibration_scores import chance_scores, scores
 
 # ------------------------------------------------------------------------------ the driver
 
@@ -345,7 +349,12 @@ def write_run(
     eval_seconds: float = 10.0,
 ) -> Path:
     run = calibration.run_dir(root, task, name, seed)
-    runs.write_config(run, {"method": name, "task": task, "output_dir": str(run)}, {})
+    if name in calibration.TRAINED:  # what the study trains: read, not refused as stale
+        options = calibration.study_options(task, name, seed)
+        train, model = configs(build_parser().parse_args([*options, "--output-dir", str(run)]))
+        runs.write_config(run, dataclasses.asdict(train), model.to_dict())
+    else:
+        runs.write_config(run, {"method": name, "task": task, "output_dir": str(run)}, {})
     runs.write_predictions(run, dev)
     runs.write_metrics(run, {"task": task, "method": name, "split": "validation"})
     if validation is not None:
@@ -411,13 +420,18 @@ def study(tmp_path_factory) -> Path:
     return root
 
 
+def results_of(root: Path, task: str) -> report.TaskResults:
+    """The report's view of ``task`` under ``root``, with no records kept elsewhere."""
+    return report.TaskResults(Records(root.parent / f"{root.name}-records", root), task)
+
+
 def test_scores_match_the_closed_forms_on_four_examples():
     labels = np.array([0, 1, 1, 0])
     probs = np.array([[0.95, 0.05], [0.32, 0.68], [0.62, 0.38], [0.25, 0.75]])
     offset = np.array([[0.04, -0.04], [-0.04, 0.04], [0.04, -0.04], [-0.04, 0.04]])
     draws = np.stack([probs + offset, probs - offset])
     wrong_plug_in = probs[:, ::-1]  # scores must read the draws' average, not this
-    found = report.scores(runs.Predictions(labels, wrong_plug_in, draws), "sst2")
+    found = scores(runs.Predictions(labels, wrong_plug_in, draws), "sst2")
 
     def entropy(p):
         return -(p * np.log(p) + (1 - p) * np.log(1 - p))
@@ -443,13 +457,13 @@ def test_scores_match_the_closed_forms_on_four_examples():
     assert found["ece10"] == pytest.approx(metrics.ece(probs, labels, n_bins=10), abs=1e-12)
 
     # CoLA's score is its MCC (0 here: TP = TN = FP = FN = 1), not its accuracy
-    cola = report.scores(runs.Predictions(labels, probs, draws), "cola")
+    cola = scores(runs.Predictions(labels, probs, draws), "cola")
     assert cola["score"] == pytest.approx(0.0, abs=1e-12)
     assert cola["nll"] == pytest.approx(expected["nll"], abs=1e-12)
 
 
 def test_select_monteclora_lowest_validation_nll_within_the_accuracy_slack(study):
-    chosen, table = report.TaskResults(study, "sst2").select_monteclora()
+    chosen, table = results_of(study, "sst2").select_monteclora()
     assert chosen == "paper-5e-3"
     assert [r["setting"] for r in table] == ["paper-1e-4", "paper-5e-3", "paper-2e-2", "bayes"]
     for row in table:
@@ -468,17 +482,17 @@ def test_select_monteclora_lowest_validation_nll_within_the_accuracy_slack(study
     lowest = sorted(table, key=lambda r: r["val_nll"])
     assert [r["setting"] for r in lowest[:2]] == ["bayes", "paper-2e-2"]
 
-    chosen, table = report.TaskResults(study, "rte").select_monteclora()
+    chosen, table = results_of(study, "rte").select_monteclora()
     assert chosen is None
     assert [(r["setting"], r["eligible"], r["chosen"]) for r in table] == [
         ("bayes-t0.1", False, False)
     ]
-    assert report.TaskResults(study, "movie-reviews").select_monteclora() == (None, [])
+    assert results_of(study, "movie-reviews").select_monteclora() == (None, [])
 
 
 def test_default_setting_ignores_single_setting_tasks(study):
     selections = {
-        task: report.TaskResults(study, task).select_monteclora()
+        task: results_of(study, task).select_monteclora()
         for task in ("sst2", "mrpc", "cola", "rte")
     }
     assert selections["mrpc"][0] == selections["cola"][0] == "bayes-t0.1"
@@ -507,21 +521,29 @@ def test_default_setting_majority_then_mean_rank():
     assert report.default_setting(ranked) == "b"
 
 
+def test_chance_scores_are_those_of_the_constant_majority_prediction():
+    labels = np.array([0, 1, 1, 1])
+    assert chance_scores(labels, "sst2") == {"accuracy": 0.75, "score": 0.75}
+    assert chance_scores(labels, "cola") == {"accuracy": 0.75, "score": 0.0}  # MCC
+    assert chance_scores(labels, "mrpc") == pytest.approx({"accuracy": 0.75, "score": 6 / 7})
+
+
 def test_a_task_lora_has_not_learned_selects_nothing(tmp_path):
     # balanced labels: LoRA right on 500 of 1000 validation examples is the majority class's
     # share; a setting right on 520 is "within 0.5 points" of it, yet compares nothing
     for name, k in (("lora", 500), ("bayes-t0.1", 520), ("bayes-t0.01", 505)):
         for seed in calibration.SEEDS:
             predictions = make_predictions(N_VAL, k, 0.6, draws=_draws(name), seed=seed)
-            write_run(tmp_path, "cola", name, seed, predictions, predictions)
-    results = report.TaskResults(tmp_path, "cola")
+            write_run(tmp_path, "sst2", name, seed, predictions, predictions)
+    results = results_of(tmp_path, "sst2")
+    assert results.selected_on() == "accuracy"
     majority = np.mean(
         [
             np.bincount(make_predictions(N_VAL, 500, 0.6, seed=s).labels).max() / N_VAL
             for s in calibration.SEEDS
         ]
     )
-    assert results.majority_rate() == pytest.approx(majority, abs=1e-12)
+    assert results.chance() == pytest.approx(majority, abs=1e-12)
     assert abs(majority - 0.5) < 3 * 0.5 / math.sqrt(N_VAL)  # fair coin labels
     assert not results.learned()
     chosen, table = results.select_monteclora()
@@ -532,12 +554,54 @@ def test_a_task_lora_has_not_learned_selects_nothing(tmp_path):
     ]
 
 
+def _cola_predictions(right: int, wrong: int, confidence: float = 0.8) -> runs.Predictions:
+    """CoLA-like validation, 700 of 1000 labels 1: class 0 predicted for ``right`` examples
+    of class 0 and ``wrong`` of class 1, class 1 for the rest, at ``confidence``."""
+    labels = np.r_[np.zeros(300, int), np.ones(700, int)]
+    predicted = np.ones(1000, int)
+    predicted[:right] = 0
+    predicted[300 : 300 + wrong] = 0
+    probs = np.where(predicted[:, None] == np.arange(2), confidence, 1 - confidence)
+    return runs.Predictions(labels, probs, probs[None])
+
+
+def test_cola_selects_on_its_mcc_not_its_accuracy(tmp_path):
+    # LoRA and "drifted" (towards the majority class) share accuracy 0.710, but drifted's MCC
+    # is 0.04 lower; "kept" is 0.1 point less accurate and 0.003 lower in MCC. Drifted has the
+    # lowest NLL: selecting on accuracy would choose it.
+    settings = {"lora": (55, 45, 0.8), "bayes-t0.1": (55, 46, 0.8), "bayes-t0.01": (15, 5, 0.7)}
+    for name, (right, wrong, confidence) in settings.items():
+        predictions = _cola_predictions(right, wrong, confidence)
+        for seed in calibration.SEEDS:
+            write_run(tmp_path, "cola", name, seed, predictions, predictions)
+    found = {name: scores(_cola_predictions(*s), "cola") for name, s in settings.items()}
+    assert found["lora"]["accuracy"] == found["bayes-t0.01"]["accuracy"] == 0.71
+    assert found["bayes-t0.01"]["nll"] < min(found["lora"]["nll"], found["bayes-t0.1"]["nll"])
+    assert found["lora"]["score"] - report.ACCURACY_SLACK < found["bayes-t0.1"]["score"]
+    assert found["bayes-t0.01"]["score"] < found["lora"]["score"] - 0.04
+
+    results = results_of(tmp_path, "cola")
+    assert results.selected_on() == "score"
+    assert results.chance() == 0.0 and results.learned()
+    lora = results.mean_validation("lora", "score")
+    assert lora == pytest.approx(found["lora"]["score"], abs=1e-12)
+    chosen, table = results.select_monteclora()
+    assert chosen == "bayes-t0.1"
+    assert [(r["setting"], r["eligible"]) for r in table] == [
+        ("bayes-t0.1", True),
+        ("bayes-t0.01", False),
+    ]
+    for row in table:
+        assert row["val_score"] == pytest.approx(found[row["setting"]]["score"], abs=1e-12)
+        assert row["val_nll"] == pytest.approx(found[row["setting"]]["nll"], abs=1e-12)
+
+
 GOAL_NAMES = ("lora", "mc-dropout", *calibration.MONTECLORA)
 
 
 @pytest.fixture(scope="module")
 def sst2_goals(study):
-    results = report.TaskResults(study, "sst2")
+    results = results_of(study, "sst2")
     _, selection = results.select_monteclora()
     rows = [results.row(name) for name in GOAL_NAMES]
     return {"rows": [r for r in rows if r is not None], "selection": selection}
@@ -551,9 +615,7 @@ def test_rows_average_scores_of_each_seed(study, sst2_goals):
         correct = correct[: len(calibration.SEEDS)]  # LoRA's fourth seed is not reported
         assert row["seeds"] == len(calibration.SEEDS)
         found = [
-            report.scores(
-                runs.read_predictions(calibration.run_dir(study, "sst2", name, s)), "sst2"
-            )
+            scores(runs.read_predictions(calibration.run_dir(study, "sst2", name, s)), "sst2")
             for s in calibration.SEEDS
         ]
         for key, closed in (
@@ -617,3 +679,118 @@ def test_goal_row_figures_and_missing_rows(sst2_goals):
     assert report.goal_row("sst2", sst2_goals, "peft-monteclora") is None
     no_lora = {**sst2_goals, "rows": [r for r in sst2_goals["rows"] if r["_name"] != "lora"]}
     assert report.goal_row("sst2", no_lora, "paper-5e-3") is None
+
+
+# ------------------------------------------------------------------------------ the records
+
+
+def test_the_report_regenerates_from_its_records_without_the_runs(study, tmp_path):
+    root, doc = tmp_path / "runs", tmp_path / "docs" / "calibration.md"
+    shutil.copytree(study, root)
+    records = Records(doc.parent / "calibration", root)
+    report.write_report(records, doc)
+    written = {p.name: p.read_bytes() for p in (doc.parent / "calibration").iterdir()}
+    text = doc.read_text()
+    assert set(written) >= {"records.json", "reliability.npz", "reliability-sst2.png"}
+    assert "paper-5e-3" in text and "| lora |" in text
+    assert records.finished("sst2", "lora", 0)
+
+    shutil.rmtree(root)  # a new machine: the runs are gone, the docs committed
+    records = Records(doc.parent / "calibration", root)
+    assert records.finished("sst2", "paper-5e-3", 2) and records.finished("cola", "lora", 1)
+    assert not records.finished("sst2", "peft-monteclora", 0)  # never run
+    report.write_report(records, doc)
+    assert doc.read_text() == text
+    again = {p.name: p.read_bytes() for p in (doc.parent / "calibration").iterdir()}
+    assert again.keys() == written.keys()
+    for name, content in written.items():
+        if name != "reliability.npz":  # a zip: its members' times differ
+            assert again[name] == content, name
+    with np.load(doc.parent / "calibration" / "reliability.npz") as saved:
+        keys = set(saved.files)
+        lora = saved["sst2/lora-s0/probs"]
+    assert "sst2/lora-s0/labels" in keys and "sst2/paper-5e-3-s0/probs" in keys
+    expected = make_predictions(N_DEV, SST2_DEV["lora"][0][0], SST2_DEV["lora"][1], seed=0)
+    assert np.array_equal(lora, expected.predictive_probs)
+
+
+def test_records_of_other_settings_are_not_read(study, tmp_path, caplog):
+    root, directory = tmp_path / "runs", tmp_path / "records"
+    shutil.copytree(study / "mrpc", root / "mrpc")
+    Records(directory, root).save()  # nothing read yet: nothing recorded
+    assert json.loads((directory / "records.json").read_text()) == {}
+    records = Records(directory, root)
+    assert records.get("mrpc", "bayes-t0.1", 0)["options"] == expected_options(
+        "mrpc", "bayes-t0.1", 0
+    )
+    records.save()
+
+    figures = json.loads((directory / "records.json").read_text())
+    assert set(figures) == {"mrpc/bayes-t0.1-s0"}
+    figures["mrpc/bayes-t0.1-s0"]["options"] += " --lr 1e-4"  # recorded before TASKS changed
+    (directory / "records.json").write_text(json.dumps(figures))
+    shutil.rmtree(root)
+    with caplog.at_level("WARNING", logger="calibration"):
+        assert Records(directory, root).get("mrpc", "bayes-t0.1", 0) is None
+    assert "mrpc/bayes-t0.1-s0 recorded with other settings" in caplog.text
+
+    # a run directory trained with other settings is neither read nor recorded
+    run = calibration.run_dir(root, "mrpc", "lora", 0)
+    shutil.copytree(calibration.run_dir(study, "mrpc", "lora", 0), run)
+    saved = runs.read_config(run)
+    runs.write_config(run, saved["train"] | {"epochs": 1}, saved["monteclora"])
+    records = Records(directory, root)
+    with caplog.at_level("WARNING", logger="calibration"):
+        assert records.get("mrpc", "lora", 0) is None
+    assert "train.epochs=1 (the study sets 3)" in caplog.text
+    assert "mrpc/lora-s0" not in records.figures
+
+
+def test_run_study_skips_recorded_runs_but_retrains_lora_for_a_pending_baseline(tmp_path, recorder):
+    root = tmp_path / "study"
+    args = _args(root, tasks=["mrpc"], methods=["lora", "bayes-t0.1"], post_hoc=["temperature"])
+    done = {("bayes-t0.1", s) for s in calibration.SEEDS} | {("lora", s) for s in range(4)}
+    done |= {("temperature", s) for s in calibration.SEEDS}
+
+    def recorded(task, name, seed):
+        return task == "mrpc" and (name, seed) in done
+
+    calibration.run_study(args, recorded)
+    assert recorder[-1].commands == []  # all recorded: nothing to do
+
+    done.discard(("temperature", 1))  # one baseline to redo: it needs the LoRA runs here
+    _finished(calibration.run_dir(root, "mrpc", "lora", 2))
+    calibration.run_study(args, recorded)
+    commands = recorder[-1].commands
+    trained = sorted(_out_name(c) for c in commands if c[2] == "train")
+    assert trained == ["lora-s0", "lora-s1", "lora-s3"]
+    assert [_out_name(c) for c in commands if c[1] == "calibrate"] == ["temperature-s1"]
+
+
+def test_record_only_records_every_finished_run_and_keeps_older_records(study, tmp_path):
+    root, directory = tmp_path / "runs", tmp_path / "records"
+    shutil.copytree(study / "cola", root / "cola")
+    _interrupted(calibration.run_dir(root, "cola", "mc-dropout", 0))  # not finished: skipped
+    records = Records(directory, root)
+    assert records.record_present() == 2 * len(calibration.SEEDS)  # lora, bayes-t0.1
+    records.save(prune=False)
+    shutil.rmtree(root / "cola")
+    shutil.copytree(study / "rte", root / "rte")  # the next machine's runs
+    records = Records(directory, root)
+    assert records.record_present() == 2 * len(calibration.SEEDS)
+    records.save(prune=False)
+    figures = json.loads((directory / "records.json").read_text())
+    expected = {
+        Records.key(task, name, seed)
+        for task in ("cola", "rte")
+        for name in ("lora", "bayes-t0.1")
+        for seed in calibration.SEEDS
+    }
+    assert set(figures) == expected
+    with np.load(directory / "reliability.npz") as saved:
+        assert set(saved.files) == {
+            f"{task}/{name}-s0/{kind}"
+            for task in ("cola", "rte")
+            for name in ("lora", "bayes-t0.1")
+            for kind in ("probs", "labels")
+        }

@@ -1,0 +1,183 @@
+"""The figures the calibration report reads from each run, kept beside the report.
+
+``docs/calibration/records.json`` holds, per run (``TASK/NAME-sSEED``), what the report takes
+from its directory: the scores of its posterior predictive on the reported and the validation
+split, its training NLL, the width of its q(A), its times and the options it was trained with.
+``docs/calibration/reliability.npz`` holds the seed-0 predictive probabilities the reliability
+diagrams draw. With both committed, ``--report-only`` regenerates the report on a machine where
+``runs/`` is gone, and a study can be continued there: a recorded run is not trained again.
+A run directory that is present is authoritative; its record is recomputed from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+from calibration import (
+    MONTECLORA,
+    POST_HOC_DIRS,
+    REPORTED,
+    TRAINED,
+    run_dir,
+    stale_settings,
+    study_options,
+)
+from calibration_scores import chance_scores, relative_width, scores, train_nll
+
+from monteclora_pyro import runs
+from monteclora_pyro.files import atomic_write_text
+
+logger = logging.getLogger("calibration")
+
+RECORDS_FILE = "records.json"
+PROBS_FILE = "reliability.npz"
+
+
+def command_seconds(root: Path) -> dict[str, float]:
+    """Wall seconds of each logged command, by its output directory."""
+    log = root / "commands.log"
+    seconds = {}
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        found = re.search(r"--output-dir (\S+).*# rc=0 (\d+)s$", line)
+        if found:
+            seconds[found.group(1)] = float(found.group(2))
+    return seconds
+
+
+def expected_options(task: str, name: str, seed: int) -> str:
+    """The training options a record of ``name`` must carry to be read: its own for a trained
+    method, those of the LoRA runs it derives from (seed aside) for a post-hoc baseline."""
+    if name in TRAINED:
+        return " ".join(study_options(task, name, seed))
+    return " ".join(study_options(task, "lora", 0))
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _finite_scores(found: dict) -> dict:
+    return {key: _finite(value) for key, value in found.items()}
+
+
+def number(value: float | None) -> float:
+    """A recorded figure as a float: NaN where it was not defined (recorded as null)."""
+    return math.nan if value is None else float(value)
+
+
+def figures_of(run: Path, task: str, name: str, seed: int, seconds: float | None) -> dict:
+    """The record of the finished ``run``: what the report reads from it."""
+    validation_dir = runs.evaluation_dir(run, task, runs.VALIDATION_SPLIT)
+    validation = chance = None
+    if runs.has_predictions(validation_dir):
+        predictions = runs.read_predictions(validation_dir)
+        validation = _finite_scores(scores(predictions, task))
+        chance = _finite_scores(chance_scores(predictions.labels, task))
+    source = run if name in TRAINED else runs.read_metrics(run).get("source")
+    timing = runs.read_timing(run) or {}
+    return {
+        "options": expected_options(task, name, seed),
+        "dev": _finite_scores(scores(runs.read_predictions(run), task)),
+        "validation": validation,
+        "validation_chance": chance,
+        "train_nll": _finite(train_nll(Path(source))) if source else None,
+        "q_width": _finite(relative_width(run)) if name in MONTECLORA else None,
+        "train_seconds": timing.get("train_seconds"),
+        "eval_seconds": timing.get("eval_seconds"),
+        "command_seconds": seconds,
+    }
+
+
+class Records:
+    """The recorded figures of a study's runs, read through :meth:`get`, which recomputes the
+    record of a run whose directory is present under ``root``."""
+
+    def __init__(self, directory: Path, root: Path):
+        self.directory, self.root = directory, root
+        path = directory / RECORDS_FILE
+        self.figures: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
+        path = directory / PROBS_FILE
+        self.probs: dict[str, np.ndarray] = {}
+        if path.is_file():
+            with np.load(path) as saved:
+                self.probs = {key: saved[key] for key in saved.files}
+        self.seconds = command_seconds(root)
+        self._refreshed: set[str] = set()
+        self._drawn: set[str] = set()
+
+    @staticmethod
+    def key(task: str, name: str, seed: int) -> str:
+        return f"{task}/{name}-s{seed}"
+
+    def finished(self, task: str, name: str, seed: int) -> bool:
+        """Whether the run is finished here or, on a reported task, recorded with the study's
+        options."""
+        if (run_dir(self.root, task, name, seed) / runs.METRICS_FILE).is_file():
+            return True
+        return task in REPORTED and self.get(task, name, seed) is not None
+
+    def get(self, task: str, name: str, seed: int) -> dict | None:
+        """The figures of a run: recomputed from its directory when present (and trained with
+        the study's options), else recorded (with the study's current options), else None."""
+        key, run = self.key(task, name, seed), run_dir(self.root, task, name, seed)
+        if key not in self._refreshed and (run / runs.METRICS_FILE).is_file():
+            self._refreshed.add(key)
+            stale = []
+            if name in TRAINED:
+                command = ["monteclora", *study_options(task, name, seed)]
+                stale = stale_settings(command, runs.read_config(run))
+            if stale:
+                logger.warning("%s trained with other settings, not read: %s", run, stale)
+                self.figures.pop(key, None)
+            else:
+                self.figures[key] = figures_of(run, task, name, seed, self.seconds.get(str(run)))
+        found = self.figures.get(key)
+        if found is not None and found["options"] != expected_options(task, name, seed):
+            if key not in self._refreshed:
+                logger.warning("%s recorded with other settings than the study's: not read", key)
+            return None
+        return found
+
+    def seed_probs(self, task: str, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Seed 0's predictive probabilities and labels on the reported split, for a figure."""
+        key, run = self.key(task, name, 0), run_dir(self.root, task, name, 0)
+        if self.get(task, name, 0) is None:
+            return None
+        if (run / runs.METRICS_FILE).is_file():
+            predictions = runs.read_predictions(run)
+            self.probs[f"{key}/probs"] = np.asarray(predictions.predictive_probs)
+            self.probs[f"{key}/labels"] = np.asarray(predictions.labels)
+        if f"{key}/probs" not in self.probs:
+            logger.warning("seed 0's predictions of %s are not recorded: not drawn", key)
+            return None
+        self._drawn.add(key)
+        return self.probs[f"{key}/probs"], self.probs[f"{key}/labels"]
+
+    def record_present(self) -> int:
+        """Record every finished run of a reported task under ``root``, with its seed-0
+        probabilities, as the report would; the number recorded."""
+        count = 0
+        for task in REPORTED:
+            for run in sorted((self.root / task).glob("*-s[0-9]*")):
+                name, seed = run.name.rsplit("-s", 1)
+                if name in (*TRAINED, *POST_HOC_DIRS) and seed.isdigit():
+                    count += self.get(task, name, int(seed)) is not None
+                    if int(seed) == 0:
+                        self.seed_probs(task, name)
+        return count
+
+    def save(self, prune: bool = True) -> None:
+        """Write both files; with ``prune``, keep the probabilities of the runs a figure drew
+        this time only (those of the report), else all of them."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.figures, indent=1, sort_keys=True, allow_nan=False) + "\n"
+        atomic_write_text(self.directory / RECORDS_FILE, text)
+        kept = {
+            k: v for k, v in self.probs.items() if not prune or k.rsplit("/", 1)[0] in self._drawn
+        }
+        np.savez_compressed(self.directory / PROBS_FILE, **dict(sorted(kept.items())))
