@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -100,12 +101,20 @@ class Records:
     def __init__(self, directory: Path, root: Path):
         self.directory, self.root = directory, root
         path = directory / RECORDS_FILE
-        self.figures: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
-        path = directory / PROBS_FILE
+        self.figures: dict[str, dict] = {}
         self.probs: dict[str, np.ndarray] = {}
-        if path.is_file():
-            with np.load(path) as saved:
-                self.probs = {key: saved[key] for key in saved.files}
+        try:
+            if path.is_file():
+                self.figures = json.loads(path.read_text())
+            path = directory / PROBS_FILE
+            if path.is_file():
+                with np.load(path) as saved:
+                    self.probs = {key: saved[key] for key in saved.files}
+        except (ValueError, OSError, zipfile.BadZipFile) as err:
+            raise SystemExit(
+                f"{path} cannot be read ({err}); restore it (git checkout -- {path}) or "
+                "remove it to record afresh"
+            ) from err
         self.seconds = command_seconds(root)
         self._refreshed: set[str] = set()
         self._drawn: set[str] = set()

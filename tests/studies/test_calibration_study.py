@@ -794,3 +794,12 @@ def test_record_only_records_every_finished_run_and_keeps_older_records(study, t
             for name in ("lora", "bayes-t0.1")
             for kind in ("probs", "labels")
         }
+
+
+@pytest.mark.parametrize("name", ["records.json", "reliability.npz"])
+def test_a_corrupt_record_file_is_a_clear_error(tmp_path, name):
+    directory = tmp_path / "records"
+    Records(directory, tmp_path / "runs").save()
+    (directory / name).write_bytes(b"{not json, not a zip")
+    with pytest.raises(SystemExit, match=f"{name} cannot be read .*restore it"):
+        Records(directory, tmp_path / "runs")
