@@ -227,6 +227,46 @@ def test_freeze_adapter_after_delay_trains_only_the_guide_after_the_delay(toy_as
         assert all(torch.equal(a, b) for a, b in zip(after_step[1], later, strict=True))
 
 
+def test_the_first_of_two_phases_trains_the_adapter_as_lora_does(toy_assets, tmp_path):
+    """With dropout off, a negligible q(A) (μ + δ rounds to μ in float32) and the guide held,
+    the first phase is LoRA step for step: the same seed, batches, schedule and clipping give
+    the same adapter. With dropout on, the two differ only in their dropout masks, since the
+    guide's draws take their turn in the random stream."""
+    kwargs = {"epochs": 1, "warmup_ratio": 0.25, "max_grad_norm": 0.05}
+    lora = Trainer(
+        _config(toy_assets, tmp_path / "lora", method="lora", max_steps=4, **kwargs),
+        MonteCLoRAConfig(r=4),
+        progress=False,
+    )
+    phases = _config(
+        toy_assets,
+        tmp_path / "two-phase",
+        max_steps=8,
+        guide_delay_ratio=0.5,
+        guide_lr_restart=True,
+        freeze_adapter_after_delay=True,
+        **kwargs,
+    )
+    two_phase = Trainer(phases, MonteCLoRAConfig.bayes(r=4, sample_scaler=1e-12), progress=False)
+    after_step = []
+    adapter = [p for p in two_phase.params if id(p) not in two_phase.variational_ids]
+    two_phase.optimizer.register_step_post_hook(
+        lambda *_: after_step.append([p.detach().clone() for p in adapter])
+    )
+    initial = [p.detach().clone() for p in adapter]
+    for trainer in (lora, two_phase):
+        for module in trainer.method.network.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        trainer.train()
+    nll = [[r["nll"] for r in _records(t.run_dir, "train")] for t in (lora, two_phase)]
+    assert nll[0] == nll[1][:4]
+    assert len(lora.params) == len(adapter)
+    for mine, theirs in zip(after_step[3], lora.params, strict=True):
+        assert torch.equal(mine, theirs.detach())
+    assert sum(not torch.equal(a, b) for a, b in zip(initial, after_step[3], strict=True)) > 1
+
+
 def test_the_bayesian_objective_trains_end_to_end_and_lora_refuses_it(toy_assets, tmp_path):
     out = tmp_path / "bayes"
     metrics = train(
