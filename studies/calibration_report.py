@@ -120,8 +120,9 @@ class TaskResults:
         """Mean validation :meth:`selected_on` figure of the constant majority-class prediction
         over LoRA's runs: the majority share for accuracy, 0 for MCC."""
         key = self.selected_on()
-        found = [number(f["validation_chance"][key]) for f in self.figures("lora")]
-        return float(np.mean([v for v in found if not math.isnan(v)])) if found else math.nan
+        found = [f["validation_chance"] for f in self.figures("lora")]
+        values = [number(c[key]) for c in found if c is not None]
+        return float(np.mean(values)) if values else math.nan
 
     def learned(self) -> bool:
         """Whether LoRA beats the majority class on validation by more than 0.5 points; where

@@ -803,3 +803,17 @@ def test_a_corrupt_record_file_is_a_clear_error(tmp_path, name):
     (directory / name).write_bytes(b"{not json, not a zip")
     with pytest.raises(SystemExit, match=f"{name} cannot be read .*restore it"):
         Records(directory, tmp_path / "runs")
+
+
+def test_lora_runs_without_validation_predictions_select_nothing(tmp_path):
+    for name in ("lora", "bayes-t0.1"):
+        for seed in calibration.SEEDS:
+            predictions = make_predictions(N_DEV, 150, 0.8, draws=_draws(name), seed=seed)
+            validation = predictions if name != "lora" else None
+            write_run(tmp_path, "cola", name, seed, predictions, validation)
+    results = results_of(tmp_path, "cola")
+    assert math.isnan(results.chance()) and not results.learned()
+    chosen, table = results.select_monteclora()
+    assert chosen is None and [(r["setting"], r["eligible"]) for r in table] == [
+        ("bayes-t0.1", False)
+    ]
