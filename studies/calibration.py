@@ -167,7 +167,7 @@ def train_command(args, task: str, name: str, seed: int) -> list[str]:
     out = run_dir(Path(args.output_dir), task, name, seed)
     options = study_options(task, name, seed)
     data = [] if args.data_dir is None else ["--data-dir", args.data_dir]
-    command = ["monteclora", *options[:6], *data, *options[6:], "--output-dir", str(out)]
+    command = ["monteclora", *options, *data, "--output-dir", str(out)]
     if runs.is_run(out):  # interrupted: from its checkpoint, or afresh before the first one
         command.append("--resume")
     return command

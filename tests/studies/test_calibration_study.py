@@ -85,11 +85,10 @@ def test_train_command_argv(tmp_path):
     out = tmp_path / "sst2" / "lora-s1"
     assert calibration.train_command(args, "sst2", "lora", 1) == [
         "monteclora", "--quiet", "train", "--task", "sst2", "--seed", "1",
-        "--data-dir", "/glue", "--max-train-examples", "2000",
-        "--max-length", "64", "--epochs", "3",
+        "--max-train-examples", "2000", "--max-length", "64", "--epochs", "3",
         *calibration.COMMON,
         "--method", "lora", "--keep-epoch-checkpoints", "3",
-        "--output-dir", str(out),
+        "--data-dir", "/glue", "--output-dir", str(out),
     ]  # fmt: skip
 
     args = _args(tmp_path)  # no data dir; MRPC trains on all its examples
