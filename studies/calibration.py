@@ -261,13 +261,13 @@ def nothing_recorded(task: str, name: str, seed: int) -> bool:
 
 def pending_post_hoc(args, root: Path, task: str, recorded=nothing_recorded) -> list:
     """(output, command) of the post-hoc baselines of ``task`` neither finished nor
-    ``recorded`` (``calibration_records.Records.finished``)."""
+    ``recorded`` (``calibration_records.Records.recorded``)."""
     return [
         (out, command)
         for out, command in post_hoc_commands(root, task)
-        if not (out / runs.METRICS_FILE).is_file()
+        if any(out.name.startswith(name) for name in TASKS[task].post_hoc if name in args.post_hoc)
+        and not (out / runs.METRICS_FILE).is_file()
         and not recorded(task, *_name_seed(out))
-        and any(out.name.startswith(name) for name in TASKS[task].post_hoc if name in args.post_hoc)
     ]
 
 
@@ -389,7 +389,7 @@ def main() -> None:
         records.save(prune=False)
         return
     if not args.report_only:
-        run_study(args, records.finished)
+        run_study(args, records.recorded)
     write_report(records, Path(args.doc))
 
 

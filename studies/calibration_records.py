@@ -71,19 +71,21 @@ def number(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
-def figures_of(run: Path, task: str, name: str, seed: int, seconds: float | None) -> dict:
-    """The record of the finished ``run``: what the report reads from it."""
+def figures_of(
+    run: Path, predictions, task: str, name: str, seed: int, seconds: float | None
+) -> dict:
+    """The record of the finished ``run`` and its ``predictions`` on the reported split."""
     validation_dir = runs.evaluation_dir(run, task, runs.VALIDATION_SPLIT)
     validation = chance = None
     if runs.has_predictions(validation_dir):
-        predictions = runs.read_predictions(validation_dir)
-        validation = _finite_scores(scores(predictions, task))
-        chance = _finite_scores(chance_scores(predictions.labels, task))
+        held_out = runs.read_predictions(validation_dir)
+        validation = _finite_scores(scores(held_out, task))
+        chance = _finite_scores(chance_scores(held_out.labels, task))
     source = run if name in TRAINED else runs.read_metrics(run).get("source")
     timing = runs.read_timing(run) or {}
     return {
         "options": expected_options(task, name, seed),
-        "dev": _finite_scores(scores(runs.read_predictions(run), task)),
+        "dev": _finite_scores(scores(predictions, task)),
         "validation": validation,
         "validation_chance": chance,
         "train_nll": _finite(train_nll(Path(source))) if source else None,
@@ -123,11 +125,9 @@ class Records:
     def key(task: str, name: str, seed: int) -> str:
         return f"{task}/{name}-s{seed}"
 
-    def finished(self, task: str, name: str, seed: int) -> bool:
-        """Whether the run is finished here or, on a reported task, recorded with the study's
-        options."""
-        if (run_dir(self.root, task, name, seed) / runs.METRICS_FILE).is_file():
-            return True
+    def recorded(self, task: str, name: str, seed: int) -> bool:
+        """Whether a run of a reported task has a record :meth:`get` reads (the study's
+        predicate for a step done elsewhere)."""
         return task in REPORTED and self.get(task, name, seed) is not None
 
     def get(self, task: str, name: str, seed: int) -> dict | None:
@@ -144,7 +144,12 @@ class Records:
                 logger.warning("%s trained with other settings, not read: %s", run, stale)
                 self.figures.pop(key, None)
             else:
-                self.figures[key] = figures_of(run, task, name, seed, self.seconds.get(str(run)))
+                predictions = runs.read_predictions(run)
+                seconds = self.seconds.get(str(run))
+                self.figures[key] = figures_of(run, predictions, task, name, seed, seconds)
+                if seed == 0:
+                    self.probs[f"{key}/probs"] = np.asarray(predictions.predictive_probs)
+                    self.probs[f"{key}/labels"] = np.asarray(predictions.labels)
         found = self.figures.get(key)
         if found is not None and found["options"] != expected_options(task, name, seed):
             if key not in self._refreshed:
@@ -154,13 +159,9 @@ class Records:
 
     def seed_probs(self, task: str, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         """Seed 0's predictive probabilities and labels on the reported split, for a figure."""
-        key, run = self.key(task, name, 0), run_dir(self.root, task, name, 0)
+        key = self.key(task, name, 0)
         if self.get(task, name, 0) is None:
             return None
-        if (run / runs.METRICS_FILE).is_file():
-            predictions = runs.read_predictions(run)
-            self.probs[f"{key}/probs"] = np.asarray(predictions.predictive_probs)
-            self.probs[f"{key}/labels"] = np.asarray(predictions.labels)
         if f"{key}/probs" not in self.probs:
             logger.warning("seed 0's predictions of %s are not recorded: not drawn", key)
             return None

@@ -45,11 +45,10 @@ class TaskResults:
     def __init__(self, records: Records, task: str):
         self.records, self.task = records, task
 
-    def seeds_of(self, name: str, seeds=SEEDS) -> list[int]:
-        return [s for s in seeds if self.records.get(self.task, name, s) is not None]
-
     def figures(self, name: str, seeds=SEEDS) -> list[dict]:
-        return [self.records.get(self.task, name, s) for s in self.seeds_of(name, seeds)]
+        """The records of ``name``'s finished or recorded runs among ``seeds``."""
+        found = (self.records.get(self.task, name, s) for s in seeds)
+        return [f for f in found if f is not None]
 
     def validation(self, name: str) -> list[dict]:
         return [f["validation"] for f in self.figures(name) if f["validation"] is not None]

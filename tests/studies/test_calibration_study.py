@@ -692,12 +692,12 @@ def test_the_report_regenerates_from_its_records_without_the_runs(study, tmp_pat
     text = doc.read_text()
     assert set(written) >= {"records.json", "reliability.npz", "reliability-sst2.png"}
     assert "paper-5e-3" in text and "| lora |" in text
-    assert records.finished("sst2", "lora", 0)
+    assert records.recorded("sst2", "lora", 0)
 
     shutil.rmtree(root)  # a new machine: the runs are gone, the docs committed
     records = Records(doc.parent / "calibration", root)
-    assert records.finished("sst2", "paper-5e-3", 2) and records.finished("cola", "lora", 1)
-    assert not records.finished("sst2", "peft-monteclora", 0)  # never run
+    assert records.recorded("sst2", "paper-5e-3", 2) and records.recorded("cola", "lora", 1)
+    assert not records.recorded("sst2", "peft-monteclora", 0)  # never run
     report.write_report(records, doc)
     assert doc.read_text() == text
     again = {p.name: p.read_bytes() for p in (doc.parent / "calibration").iterdir()}
