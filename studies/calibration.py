@@ -88,6 +88,9 @@ TRAINED = {  # name -> the method's own options
     "bayes-t0.01-freeze": _tempered("0.01", *FREEZE),  # colder: a narrower q(A) around LoRA's
     # The same over the task's own epochs, at LoRA's cost: the adapter gets half of LoRA's.
     "bayes-t0.1-freeze-short": _tempered("0.1", *FREEZE),
+    # The default with the guide at 4x its learning rate (0.2): its second phase is closer to
+    # converged, and SST-2's validation NLL preferred it (eighth pass).
+    "bayes-t0.01-freeze-glr0.2": _tempered("0.01", *FREEZE, "--guide-lr", "0.2"),
 }
 MONTECLORA = tuple(name for name in TRAINED if name.startswith(("paper-", "bayes")))
 POST_HOC = ("temperature", "laplace", "checkpoint-ensemble", "deep-ensemble")
@@ -111,7 +114,8 @@ WITH_REMEDIES = (*CORE, "bayes-t0.01-init", *DELAYED)
 # the two-phase settings on SST-2 and MRPC; the default (T = 0.01) on CoLA and RTE too: movie
 # reviews gave way to time
 FROZEN = ("bayes-t0.1-freeze", "bayes-t0.01-freeze")
-EPOCH_FACTOR = dict.fromkeys(FROZEN, 2)  # the task's epochs times this; 1 for the others
+DEFAULT_GLR = "bayes-t0.01-freeze-glr0.2"  # on every task: a candidate for the default
+EPOCH_FACTOR = dict.fromkeys((*FROZEN, DEFAULT_GLR), 2)  # the task's epochs times this; else 1
 
 
 @dataclass(frozen=True)
@@ -131,9 +135,9 @@ class TaskSetting:
 
 TASKS = {
     "sst2": TaskSetting(2000, 64, 3, methods=tuple(TRAINED), post_hoc=POST_HOC),
-    "mrpc": TaskSetting(None, 96, 3, methods=(*WITH_REMEDIES, *FROZEN)),
-    "cola": TaskSetting(None, 48, 3, methods=(*WITH_REMEDIES, "bayes-t0.01-freeze")),
-    "rte": TaskSetting(None, 128, 3, methods=RTE),
+    "mrpc": TaskSetting(None, 96, 3, methods=(*WITH_REMEDIES, *FROZEN, DEFAULT_GLR)),
+    "cola": TaskSetting(None, 48, 3, methods=(*WITH_REMEDIES, "bayes-t0.01-freeze", DEFAULT_GLR)),
+    "rte": TaskSetting(None, 128, 3, methods=(*RTE, DEFAULT_GLR)),
     "movie-reviews": TaskSetting(
         2000, 64, 3, methods=(*CORE, *DELAYED), post_hoc=("temperature", "deep-ensemble")
     ),

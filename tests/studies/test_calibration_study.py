@@ -38,10 +38,18 @@ def test_tasks_give_sst2_every_method_and_the_other_tasks_the_core():
     assert sst2.methods == tuple(calibration.TRAINED)
     assert sst2.post_hoc == calibration.POST_HOC
     remedies = (*calibration.CORE, "bayes-t0.01-init", *calibration.DELAYED)
-    assert calibration.TASKS["cola"].methods == (*remedies, "bayes-t0.01-freeze")  # the default
-    assert calibration.TASKS["mrpc"].methods == (*remedies, *calibration.FROZEN)
+    glr = calibration.DEFAULT_GLR
+    assert calibration.TASKS["cola"].methods == (*remedies, "bayes-t0.01-freeze", glr)
+    assert calibration.TASKS["mrpc"].methods == (*remedies, *calibration.FROZEN, glr)
     rte = set(calibration.TASKS["rte"].methods) - set(calibration.CORE)
-    assert rte == {*calibration.DELAYED, "bayes-t0.01-freeze"}
+    assert rte == {*calibration.DELAYED, "bayes-t0.01-freeze", glr}
+    # the default's candidate differs from the default by the guide's learning rate alone
+    for task in calibration.REPORTED:
+        default = calibration.study_options(task, "bayes-t0.01-freeze", 0)
+        candidate = calibration.study_options(task, glr, 0)
+        at = candidate.index("--guide-lr")
+        assert candidate[at + 1] == "0.2"
+        assert candidate[:at] + candidate[at + 2 :] == default
     for task in ("mrpc", "cola", "rte"):
         assert {"lora", "mc-dropout", "bayes-t0.1"} <= set(calibration.TASKS[task].methods)
         assert calibration.TASKS[task].post_hoc == calibration.CORE_POST_HOC
@@ -122,7 +130,8 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
             train, model = configs(parsed)
             assert (train.task, train.seed, train.output_dir) == (task, 1, str(out))
             assert train.max_train_examples == setting.max_train_examples
-            factor = 2 if name.endswith("-freeze") else 1  # the guide's phase doubles them
+            doubled = "-freeze" in name and not name.endswith("-short")  # the guide's phase
+            factor = 2 if doubled else 1
             assert (train.max_length, train.epochs) == (setting.max_length, factor * setting.epochs)
             # the report selects settings on the carved validation split
             assert train.validation_fraction > 0
@@ -139,6 +148,8 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
             if "-freeze" in name:  # LoRA's run, then the guide alone
                 assert train.guide_delay_ratio == 0.5 and train.guide_lr_restart
                 assert train.freeze_adapter_after_delay
+            if "-glr" in name:  # the guide's learning rate in the name
+                assert train.guide_lr == pytest.approx(float(name.split("-glr")[1]))
             if name.endswith("-init"):  # Λ held at the precision of LoRA's initial A rows
                 gain = torch.nn.init.calculate_gain("leaky_relu", math.sqrt(5))
                 bound = gain * math.sqrt(3 / 384)  # kaiming_uniform_ on MiniLM's 384 inputs
