@@ -2,7 +2,8 @@
 
 ``docs/calibration/records.json`` holds, per run (``TASK/NAME-sSEED``), what the report takes
 from its directory: the scores of its posterior predictive on the reported and the validation
-split, its training NLL, the width of its q(A), its times and the options it was trained with.
+split (and of its plug-in prediction at the posterior mean on the reported one), its training
+NLL, the width of its q(A), its times and the options it was trained with.
 ``docs/calibration/reliability.npz`` holds the seed-0 predictive probabilities the reliability
 diagrams draw. With both committed, ``--report-only`` regenerates the report on a machine where
 ``runs/`` is gone, and a study can be continued there: a recorded run is not trained again.
@@ -28,7 +29,7 @@ from calibration import (
     stale_settings,
     study_options,
 )
-from calibration_scores import chance_scores, relative_width, scores, train_nll
+from calibration_scores import chance_scores, plug_in_scores, relative_width, scores, train_nll
 
 from monteclora_pyro import runs
 from monteclora_pyro.files import atomic_write_text
@@ -86,6 +87,11 @@ def figures_of(
     return {
         "options": expected_options(task, name, seed),
         "dev": _finite_scores(scores(predictions, task)),
+        "dev_plug_in": (
+            _finite_scores(plug_in_scores(predictions, task))
+            if name in TRAINED and predictions.num_draws > 1
+            else None
+        ),
         "validation": validation,
         "validation_chance": chance,
         "train_nll": _finite(train_nll(Path(source))) if source else None,

@@ -103,6 +103,26 @@ class TaskResults:
         row["_per_seed"] = per_seed
         return row
 
+    def plug_in_row(self, name: str, label: str) -> dict | None:
+        """``name``'s dev ECE and NLL of the plug-in prediction at the posterior mean against
+        its posterior predictive's, and its MI: what the draws add to their mean."""
+        found = [f for f in self.figures(name) if f.get("dev_plug_in")]
+        if not found:
+            return None
+        row = {"method": label}
+        for key, figures in (
+            ("plug-in ECE", [f["dev_plug_in"]["ece15"] for f in found]),
+            ("predictive ECE", [f["dev"]["ece15"] for f in found]),
+            ("plug-in NLL", [f["dev_plug_in"]["nll"] for f in found]),
+            ("predictive NLL", [f["dev"]["nll"] for f in found]),
+            ("MI", [f["dev"]["mutual_information"] for f in found]),
+        ):
+            values = np.array([number(v) for v in figures])
+            row[key] = cell(
+                (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None)
+            )
+        return row | {"seeds": len(found)}
+
     def select_checkpoint_members(self) -> str | None:
         """The checkpoint ensemble's M with the lowest mean validation NLL."""
         names = [f"checkpoint-ensemble-m{m}" for m in CHECKPOINT_MEMBERS]
@@ -193,6 +213,16 @@ def task_section(
         f"max_length {setting.max_length}. Reported: GLUE dev.\n"
     )
     text.append(table + "\n")
+    plug_in = [
+        r for name, label in names if name and (r := results.plug_in_row(name, label or name))
+    ]
+    if plug_in:
+        text.append(
+            "What the draws add to their mean: ECE (15 bins) and NLL on GLUE dev of the plug-in "
+            "prediction at the posterior mean (A = μ; for MC dropout, dropout off) against the "
+            "posterior predictive's, with the mutual information:\n"
+        )
+        text.append(format_table(plug_in, list(plug_in[0]), markdown=True) + "\n")
     if selection:
         rows_sel = [
             {

@@ -39,6 +39,16 @@ def scores(predictions, task: str) -> dict:
     }
 
 
+def plug_in_scores(predictions, task: str) -> dict:
+    """:func:`scores`' accuracy, task score, ECE (15 bins), NLL and Brier of the plug-in
+    prediction at the posterior mean (A = μ; dropout off), to which the predictive is compared."""
+    plug_in = runs.Predictions(
+        predictions.labels, predictions.mean_probs, predictions.mean_probs[None]
+    )
+    found = scores(plug_in, task)
+    return {key: found[key] for key in ("score", "accuracy", "ece15", "nll", "brier")}
+
+
 def chance_scores(labels: np.ndarray, task: str) -> dict:
     """``accuracy`` and ``score`` of always predicting the most frequent class: its share, and
     the task's score of that constant (MCC 0 on CoLA)."""

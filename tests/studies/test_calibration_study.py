@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parents[2] / "studies"))
 import calibration
 import calibration_report as report
 from calibration_records import Records, expected_options
-from calibration_scores import chance_scores, scores
+from calibration_scores import cell, chance_scores, plug_in_scores, scores
 
 # ------------------------------------------------------------------------------ the driver
 
@@ -435,13 +435,19 @@ def results_of(root: Path, task: str) -> report.TaskResults:
     return report.TaskResults(Records(root.parent / f"{root.name}-records", root), task)
 
 
-def test_scores_match_the_closed_forms_on_four_examples():
+def _four_examples() -> runs.Predictions:
+    """Two draws averaging to ``probs``, and a plug-in prediction that is their mirror image."""
     labels = np.array([0, 1, 1, 0])
     probs = np.array([[0.95, 0.05], [0.32, 0.68], [0.62, 0.38], [0.25, 0.75]])
     offset = np.array([[0.04, -0.04], [-0.04, 0.04], [0.04, -0.04], [-0.04, 0.04]])
     draws = np.stack([probs + offset, probs - offset])
-    wrong_plug_in = probs[:, ::-1]  # scores must read the draws' average, not this
-    found = scores(runs.Predictions(labels, wrong_plug_in, draws), "sst2")
+    return runs.Predictions(labels, probs[:, ::-1], draws)
+
+
+def test_scores_match_the_closed_forms_on_four_examples():
+    four = _four_examples()
+    labels, probs, draws = four.labels, four.predictive_probs, four.draw_probs
+    found = scores(four, "sst2")  # must read the draws' average, not the mirrored plug-in
 
     def entropy(p):
         return -(p * np.log(p) + (1 - p) * np.log(1 - p))
@@ -470,6 +476,48 @@ def test_scores_match_the_closed_forms_on_four_examples():
     cola = scores(runs.Predictions(labels, probs, draws), "cola")
     assert cola["score"] == pytest.approx(0.0, abs=1e-12)
     assert cola["nll"] == pytest.approx(expected["nll"], abs=1e-12)
+
+
+# the mirrored plug-in of _four_examples: confidences 0.95 and 0.68 wrong, 0.62 and 0.75 right
+PLUG_IN = {
+    "score": 0.5,
+    "accuracy": 0.5,
+    "ece15": (0.95 + 0.68 + 0.38 + 0.25) / 4,  # one example per bin
+    "nll": -(math.log(0.05) + math.log(0.32) + math.log(0.62) + math.log(0.75)) / 4,
+    "brier": 2 * (0.95**2 + 0.68**2 + 0.38**2 + 0.25**2) / 4,
+}
+
+
+def test_plug_in_scores_read_the_prediction_at_the_posterior_mean():
+    found = plug_in_scores(_four_examples(), "sst2")
+    assert set(found) == set(PLUG_IN)
+    for key, value in PLUG_IN.items():
+        assert found[key] == pytest.approx(value, abs=1e-12), key
+
+
+def test_the_plug_in_table_sets_the_mean_prediction_against_the_draws(tmp_path):
+    four = _four_examples()
+    lora = runs.Predictions(four.labels, four.predictive_probs, four.predictive_probs[None])
+    for seed in calibration.SEEDS:
+        write_run(tmp_path, "sst2", "bayes-t0.1", seed, four, None)
+        write_run(tmp_path, "sst2", "lora", seed, lora, None)
+    results = results_of(tmp_path, "sst2")
+    assert results.plug_in_row("lora", "lora") is None  # one draw: nothing to compare
+    row = results.plug_in_row("bayes-t0.1", "monteclora bayes-t0.1")
+    predictive = scores(four, "sst2")
+    seeds = len(calibration.SEEDS)
+    assert row == {
+        "method": "monteclora bayes-t0.1",
+        "plug-in ECE": cell((PLUG_IN["ece15"], 0.0)),
+        "predictive ECE": cell((predictive["ece15"], 0.0)),
+        "plug-in NLL": cell((PLUG_IN["nll"], 0.0)),
+        "predictive NLL": cell((predictive["nll"], 0.0)),
+        "MI": cell((predictive["mutual_information"], 0.0)),
+        "seeds": seeds,
+    }
+    assert PLUG_IN["ece15"] != pytest.approx(predictive["ece15"])  # the two columns differ
+    text, _ = report.task_section(results, tmp_path, tmp_path, (None, []), None)
+    assert "| monteclora bayes-t0.1 | " + row["plug-in ECE"] in text
 
 
 def test_select_monteclora_lowest_validation_nll_within_the_accuracy_slack(study):
