@@ -12,7 +12,11 @@ from pyro.distributions import constraints
 from torch import nn
 from torch.distributions import transform_to
 
-from monteclora_pyro.models.distributions import IIDMultivariateNormal, Wishart
+from monteclora_pyro.models.distributions import (
+    IIDMultivariateNormal,
+    Wishart,
+    jittered_cholesky,
+)
 from monteclora_pyro.models.model import MonteCLoRAModel
 from monteclora_pyro.models.objectives import mixture_norm, noise_distribution
 from monteclora_pyro.models.params import register_params
@@ -189,8 +193,7 @@ class MonteCLoRAGuide(nn.Module):
         layer = self.model.adapters[path]
         sigma = self.constrained(f"{site_name(path, 'A')}.scale")
         if cfg.covariance == "full":
-            eye = torch.eye(cfg.r, dtype=covariance.dtype, device=covariance.device)
-            tril = torch.linalg.cholesky(covariance + cfg.jitter * eye)
+            tril = jittered_cholesky(covariance, cfg.jitter)
         else:
             tril = torch.diag_embed((covariance + cfg.jitter).sqrt())
         scale = sigma * mixture_norm(weights, cfg)

@@ -205,6 +205,30 @@ def kl_rows_to_precision_rows(q: IIDMultivariateNormal, p: PrecisionRows) -> tor
     return 0.5 * (q.num_rows * (trace - r - logdets) + maha)
 
 
+def jittered_cholesky(matrix: torch.Tensor, jitter: float) -> torch.Tensor:
+    """The lower Cholesky factor of ``matrix + jitter · I``, repaired as :class:`Wishart` repairs
+    its draws where rounding leaves it indefinite.
+
+    A Wishart draw at df near d - 1 can have a condition number beyond float32's reach, so that a
+    fixed ``jitter`` below its rounding error does not make it factorisable; the draw itself
+    passed its own check only by the luck of that rounding.
+
+    Raises
+    ------
+    ValueError
+        If ``matrix`` is still indefinite after :attr:`Wishart.max_repairs` repairs (it is not a
+        covariance, or holds NaN).
+    """
+    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+    factor, info = torch.linalg.cholesky_ex(_repair(matrix + jitter * eye, Wishart.max_repairs))
+    if (info != 0).any():
+        raise ValueError(
+            f"a covariance is not positive definite even after {Wishart.max_repairs} repairs "
+            f"(diagonal {matrix.diagonal(dim1=-2, dim2=-1).tolist()})"
+        )
+    return factor
+
+
 def _repair(sample: torch.Tensor, attempts: int) -> torch.Tensor:
     bad = torch.linalg.cholesky_ex(sample).info != 0
     if not bad.any():

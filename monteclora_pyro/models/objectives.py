@@ -22,7 +22,12 @@ import pyro.distributions as dist
 import torch
 
 from monteclora_pyro.config import MonteCLoRAConfig
-from monteclora_pyro.models.distributions import IIDMultivariateNormal, PrecisionRows, Wishart
+from monteclora_pyro.models.distributions import (
+    IIDMultivariateNormal,
+    PrecisionRows,
+    Wishart,
+    jittered_cholesky,
+)
 from monteclora_pyro.sites import site_name
 
 if TYPE_CHECKING:
@@ -206,9 +211,7 @@ def noise_distribution(
     if config.covariance == "diagonal":
         scale = (covariance + jitter).sqrt()
         return dist.Normal(torch.zeros_like(scale), scale).expand((k, in_features, r)).to_event(3)
-    eye = torch.eye(r, dtype=covariance.dtype, device=covariance.device)
-    scale_tril = torch.linalg.cholesky(covariance + jitter * eye)
-    return IIDMultivariateNormal(scale_tril, (k, in_features))
+    return IIDMultivariateNormal(jittered_cholesky(covariance, jitter), (k, in_features))
 
 
 def perturbation(

@@ -16,6 +16,7 @@ from torch.distributions.kl import _dispatch_kl
 from monteclora_pyro import MonteCLoRAConfig, MonteCLoRAGuide, MonteCLoRAModel
 from monteclora_pyro.guides.lora import PinnedDelta
 from monteclora_pyro.models import IIDMultivariateNormal, Wishart, kl_wishart_wishart
+from monteclora_pyro.models.distributions import jittered_cholesky
 from monteclora_pyro.models.objectives import noise_distribution
 
 DOUBLE = torch.float64
@@ -85,6 +86,69 @@ def test_guide_covariance_draws_pass_the_model_support_check_in_float32():
     assert draws.dtype == torch.float32
     outside = ~prior.support.check(draws)
     assert not outside.any(), f"{int(outside.sum())} of 20000 draws are not positive definite"
+
+
+def _indefinite_by_rounding(d: int = 8, deficit_eps: float = 100.0) -> tuple[torch.Tensor, float]:
+    """A float32 covariance of rank d - 1 (the draw at df ≈ d - 1 that stopped a CoLA run of the
+    default, diagonal 4-260) shifted down by ``deficit_eps`` float32 eps of its mean diagonal:
+    its smallest eigenvalue, -δ, is far below what rounding or a jitter of 1e-6 reach."""
+    g = torch.Generator().manual_seed(3)
+    x = (
+        torch.randn(d, d - 1, generator=g, dtype=DOUBLE)
+        * torch.linspace(1, 8, d, dtype=DOUBLE)[:, None]
+    )
+    matrix = x @ x.mT
+    delta = deficit_eps * torch.finfo(torch.float32).eps * matrix.diagonal().mean().item()
+    return (matrix - delta * torch.eye(d, dtype=DOUBLE)).float(), delta
+
+
+def test_jittered_cholesky_repairs_a_covariance_rounding_left_indefinite():
+    matrix, delta = _indefinite_by_rounding()
+    eye = torch.eye(8)
+    assert torch.linalg.cholesky_ex(matrix + 1e-6 * eye).info != 0  # what stopped the run
+    factor = jittered_cholesky(matrix, 1e-6)
+    assert torch.isfinite(factor).all()
+    torch.testing.assert_close(factor, factor.tril(), rtol=0, atol=0)
+    assert (factor.diagonal() > 0).all()
+    # The repair adds c·I with c the first of eps·mean(diag)·10^k above δ (plus rounding), so
+    # δ < c ≤ 10·δ·(1 + slack); 20·δ bounds it.
+    added = (
+        factor.double() @ factor.double().mT - matrix.double() - 1e-6 * eye.double()
+    ).diagonal()
+    assert (added > 0.5 * delta).all() and (added < 20 * delta).all(), (added, delta)
+
+
+def test_jittered_cholesky_leaves_a_well_conditioned_covariance_alone():
+    tril = _random_tril(6, torch.Generator().manual_seed(1))
+    matrix = (tril @ tril.mT).float()
+    expected = torch.linalg.cholesky(matrix + 1e-6 * torch.eye(6))
+    torch.testing.assert_close(jittered_cholesky(matrix, 1e-6), expected, rtol=0, atol=0)
+
+
+def test_jittered_cholesky_rejects_a_matrix_no_repair_can_make_a_covariance():
+    with pytest.raises(ValueError, match="not positive definite even after 8 repairs"):
+        jittered_cholesky(torch.full((4, 4), float("nan")), 1e-6)
+    with pytest.raises(ValueError, match="not positive definite"):
+        jittered_cholesky(-torch.eye(4), 1e-6)
+
+
+def test_guide_and_noise_factorise_a_covariance_rounding_left_indefinite():
+    """q(A | Σ, π) and the paper's noise take the Wishart draw Σ as it comes (not re-drawn)."""
+    model = MonteCLoRAModel(
+        tiny_hf_model(hidden=16),
+        MonteCLoRAConfig.uncertainty(
+            r=8, target_modules=["bert.encoder.layer.0.attention.self.query"]
+        ),
+        num_data=10,
+    )
+    guide = MonteCLoRAGuide(model)
+    (path,) = model.adapters
+    matrix, _ = _indefinite_by_rounding()
+    weights = torch.full((model.config.num_components,), 1 / model.config.num_components)
+    q_a = guide.adapter_distribution(path, matrix, weights)
+    assert torch.isfinite(q_a.rsample()).all()
+    noise = noise_distribution(matrix, MonteCLoRAConfig(r=8), in_features=16)
+    assert torch.isfinite(noise.rsample()).all()
 
 
 @pytest.mark.parametrize(("d", "df"), [(2, 2.0), (3, 5.5), (4, 4.0)])
