@@ -180,7 +180,8 @@ class _Recorder(TrainerCallback):
 
 def test_two_phases_train_the_adapter_then_the_guide_alone(toy, tmp_path):
     bayes, guide = _build(toy[0], config=MonteCLoRAConfig.uncertainty(r=4))
-    phases = {k: v for k, v in preset_training("uncertainty").items() if k != "epochs"}
+    preset = preset_training("uncertainty").items()
+    phases = {k: v for k, v in preset if k not in ("epochs", "guide_lr")}  # _trainer's guide_lr
     trainer = _trainer(toy, tmp_path / "phases", bayes, guide, phases=phases, max_steps=8)
     recorder = _Recorder(trainer, bayes, guide)
     trainer.add_callback(recorder)

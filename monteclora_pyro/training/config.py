@@ -260,10 +260,17 @@ def two_phase_training(epochs: int, delay: float = 0.5) -> dict:
     }
 
 
+def uncertainty_training(epochs: int) -> dict:
+    """The ``TrainConfig`` settings :meth:`MonteCLoRAConfig.uncertainty` was selected with:
+    :func:`two_phase_training` with the guide at ``guide_lr`` 0.2, four times the default
+    (docs/calibration.md, ninth pass)."""
+    return two_phase_training(epochs) | {"guide_lr": 0.2}
+
+
 # The training settings each MonteCLoRAConfig preset was selected with (docs/calibration.md),
 # given the epochs a LoRA run would take: the command line's --preset and `make demo` apply
 # them; with the Python API, take them from preset_training.
-PRESET_TRAINING = {"uncertainty": two_phase_training}
+PRESET_TRAINING = {"uncertainty": uncertainty_training}
 
 
 def preset_training(name: str | None, epochs: int | None = None) -> dict:

@@ -22,7 +22,13 @@ DRAWS = {
     "lora": runs.Predictions(np.array([0, 1]), _DISAGREE[0], _DISAGREE[:1]),
 }
 EXPECTED_MI = (math.log(2) + 0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / 2
-TWO_PHASE = ("epochs", "guide_delay_ratio", "guide_lr_restart", "freeze_adapter_after_delay")
+PRESET_KEYS = (
+    "epochs",
+    "guide_delay_ratio",
+    "guide_lr_restart",
+    "freeze_adapter_after_delay",
+    "guide_lr",
+)
 
 
 def _metrics(accuracy: float) -> dict:
@@ -37,7 +43,7 @@ def calls(monkeypatch):
     def train(cfg, model_cfg, resume, progress):
         calls.append(("train", cfg.method, cfg.task, resume))
         calls.append(("config", cfg.method, model_cfg))
-        calls.append(("settings", cfg.method, {k: getattr(cfg, k) for k in TWO_PHASE}))
+        calls.append(("settings", cfg.method, {k: getattr(cfg, k) for k in PRESET_KEYS}))
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         runs.write_predictions(cfg.output_dir, DRAWS[cfg.method])
         return _metrics(0.9 if cfg.method == "monteclora" else 0.8)
@@ -68,7 +74,7 @@ def test_run_demo_trains_both_methods_and_evaluates_every_shifted_domain(calls, 
     settings = {c[1]: c[2] for c in calls if c[0] == "settings"}  # the preset's training
     assert settings["monteclora"] == preset_training("uncertainty", 1) | {"epochs": 2}
     plain = TrainConfig()
-    assert settings["lora"] == {k: getattr(plain, k) for k in TWO_PHASE} | {"epochs": 1}
+    assert settings["lora"] == {k: getattr(plain, k) for k in PRESET_KEYS} | {"epochs": 1}
     assert result.epochs == {"monteclora": 2, "lora": 1}
     assert result.mutual_information["monteclora"] == pytest.approx(EXPECTED_MI, rel=1e-12)
     assert result.mutual_information["lora"] == 0.0

@@ -159,8 +159,9 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
 
 @pytest.mark.parametrize("task", ["sst2", "mrpc", "cola", "rte"])
 def test_the_uncertainty_preset_is_the_study_setting_it_was_selected_as(task, tmp_path):
-    """docs/calibration.md selects bayes-t0.01-freeze: ``--preset uncertainty`` trains it."""
-    command = calibration.train_command(_args(tmp_path), task, "bayes-t0.01-freeze", 0)
+    """docs/calibration.md selects bayes-t0.01-freeze-glr0.2 (ninth pass):
+    ``--preset uncertainty`` trains it."""
+    command = calibration.train_command(_args(tmp_path), task, calibration.DEFAULT_GLR, 0)
     study_train, study_model = configs(build_parser().parse_args(command[1:]))
     preset = [*command[1 : command.index("--method")], *calibration.COMMON]
     preset += ["--preset", "uncertainty", "--no-eval-every-epoch"]  # evaluation only
