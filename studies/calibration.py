@@ -15,7 +15,9 @@ finished run trained with other settings than :data:`TASKS` now gives (say after
 it) stops the study before anything runs: move it aside to rerun it. What the report reads of
 each run is recorded beside it (``studies/calibration_records.py``): a recorded run counts as
 finished on a machine where ``runs/`` is gone, and ``--report-only`` regenerates from the
-records; ``--record-only`` records the finished runs without rewriting the report.
+records; ``--record-only`` records the finished runs without rewriting the report. A report
+that would lose a row of the existing one (its runs neither here nor recorded) is not written
+without ``--drop-unrecorded``.
 """
 
 from __future__ import annotations
@@ -365,6 +367,12 @@ def main() -> None:
     parser.add_argument("--doc", default="docs/calibration.md")
     parser.add_argument("--report-only", action="store_true", help="only write the report")
     parser.add_argument(
+        "--drop-unrecorded",
+        action="store_true",
+        help="let the report lose the rows of an existing --doc whose runs are neither in "
+        "--output-dir nor recorded (without it, the report is not written)",
+    )
+    parser.add_argument(
         "--record-only",
         action="store_true",
         help="only record the finished runs in the report's records (calibration_records.py), "
@@ -394,7 +402,7 @@ def main() -> None:
         return
     if not args.report_only:
         run_study(args, records.recorded)
-    write_report(records, Path(args.doc))
+    write_report(records, Path(args.doc), drop_unrecorded=args.drop_unrecorded)
 
 
 if __name__ == "__main__":

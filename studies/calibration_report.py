@@ -257,11 +257,31 @@ def task_section(
             + "\n"
         )
     figure = reliability_figure(results, chosen, default, rows)
+    data = {"rows": rows, "chosen": chosen, "selection": selection, "figures": {}}
     if figure is not None:
         path = figures / f"reliability-{task}.png"
-        figure.savefig(path, dpi=110)
+        data["figures"][path] = figure
         text.append(f"![reliability, {task}]({path.relative_to(doc_dir)})\n")
-    return "\n".join(text), {"rows": rows, "chosen": chosen, "selection": selection}
+    return "\n".join(text), data
+
+
+def method_rows(text: str) -> set[tuple[str, str]]:
+    """(task, method) of every row of each task section's main table in a report's text."""
+    found = set()
+    for task in REPORTED:
+        start = text.find(f"\n## {task}\n")
+        if start < 0:
+            continue
+        end = text.find("\n## ", start + 1)
+        lines = text[start : end if end > 0 else len(text)].splitlines()
+        header = next((i for i, line in enumerate(lines) if line.startswith("| method |")), None)
+        if header is None:
+            continue
+        for line in lines[header + 2 :]:
+            if not line.startswith("| "):
+                break
+            found.add((task, line.split("|")[1].strip()))
+    return found
 
 
 def reliability_figure(
@@ -366,11 +386,14 @@ def ece_accuracy_figure(sections: dict) -> Figure | None:
     return fig
 
 
-def write_report(records: Records, doc: Path) -> None:
-    """Write ``doc`` and its figures from the ``records`` of the study's runs, and save them."""
+def write_report(records: Records, doc: Path, drop_unrecorded: bool = False) -> None:
+    """Write ``doc`` and its figures from the ``records`` of the study's runs, and save them.
+
+    Raises ``SystemExit``, writing nothing, where a method's row of the existing ``doc`` would
+    vanish (its runs neither here nor recorded), unless ``drop_unrecorded``.
+    """
     figures = doc.parent / "calibration"
-    figures.mkdir(parents=True, exist_ok=True)
-    kept = ""
+    kept, old = "", ""
     if doc.is_file():
         old = doc.read_text()
         if READING[0] in old and READING[1] in old:
@@ -383,6 +406,18 @@ def write_report(records: Records, doc: Path) -> None:
         text, data = task_section(found, figures, doc.parent, selections[task], default)
         texts.append(text)
         sections[task] = data
+    dropped = sorted(method_rows(old) - method_rows("\n".join(["", *texts])))
+    if dropped and not drop_unrecorded:
+        raise SystemExit(
+            f"{doc} would lose these rows, whose runs are neither in {records.root} nor "
+            f"recorded in {records.directory}: "
+            + ", ".join(f"{task}/{method}" for task, method in dropped)
+            + "; rerun them, or drop them with --drop-unrecorded"
+        )
+    figures.mkdir(parents=True, exist_ok=True)
+    for data in sections.values():
+        for path, task_figure in data.get("figures", {}).items():
+            task_figure.savefig(path, dpi=110)
     figure = ece_accuracy_figure(sections)
     if figure is not None:
         figure.savefig(figures / "ece-accuracy.png", dpi=110)

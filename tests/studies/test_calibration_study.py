@@ -773,6 +773,29 @@ def test_the_report_regenerates_from_its_records_without_the_runs(study, tmp_pat
     assert np.array_equal(lora, expected.predictive_probs)
 
 
+def test_a_report_that_would_lose_rows_is_not_written(study, tmp_path):
+    """Runs neither present nor recorded (a new machine, records not committed): the report
+    keeps the document as it is, naming the rows, unless told to drop them."""
+    report.write_report(Records(tmp_path / "docs" / "calibration", study), tmp_path / "first.md")
+    text = (tmp_path / "first.md").read_text()
+    assert ("sst2", "monteclora paper-5e-3") in report.method_rows(text)
+    assert ("sst2", "lora") in report.method_rows(text)
+    root, doc = tmp_path / "runs", tmp_path / "new" / "calibration.md"
+    shutil.copytree(study, root)
+    for run in (root / "sst2").glob("paper-5e-3-s*"):
+        shutil.rmtree(run)
+    doc.parent.mkdir()
+    doc.write_text(text)
+    with pytest.raises(SystemExit, match=r"lose these rows.*: sst2/monteclora paper-5e-3; rerun"):
+        report.write_report(Records(doc.parent / "calibration", root), doc)
+    assert doc.read_text() == text
+    assert not (doc.parent / "calibration").exists()  # no figure, no records written
+
+    report.write_report(Records(doc.parent / "calibration", root), doc, drop_unrecorded=True)
+    rows = report.method_rows(doc.read_text())
+    assert rows == report.method_rows(text) - {("sst2", "monteclora paper-5e-3")}
+
+
 def test_records_of_other_settings_are_not_read(study, tmp_path, caplog):
     root, directory = tmp_path / "runs", tmp_path / "records"
     shutil.copytree(study / "mrpc", root / "mrpc")
