@@ -44,7 +44,7 @@ class Wishart(dist.Wishart):
         chi2 = dist.Chi2(df - offsets).rsample()
         lower = torch.randn(shape, dtype=df.dtype, device=df.device).tril(-1)
         factor = self._unbroadcasted_scale_tril @ (lower + torch.diag_embed(chi2.sqrt()))
-        return _repair(factor @ factor.mT, self.max_repairs)
+        return _repaired(factor @ factor.mT, self.max_repairs)[0]
 
 
 class IIDMultivariateNormal(dist.TorchDistribution):
@@ -220,7 +220,7 @@ def jittered_cholesky(matrix: torch.Tensor, jitter: float) -> torch.Tensor:
         covariance, or holds NaN).
     """
     eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
-    factor, info = torch.linalg.cholesky_ex(_repair(matrix + jitter * eye, Wishart.max_repairs))
+    _, factor, info = _repaired(matrix + jitter * eye, Wishart.max_repairs)
     if (info != 0).any():
         raise ValueError(
             f"a covariance is not positive definite even after {Wishart.max_repairs} repairs "
@@ -229,19 +229,24 @@ def jittered_cholesky(matrix: torch.Tensor, jitter: float) -> torch.Tensor:
     return factor
 
 
-def _repair(sample: torch.Tensor, attempts: int) -> torch.Tensor:
-    bad = torch.linalg.cholesky_ex(sample).info != 0
+def _repaired(
+    sample: torch.Tensor, attempts: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sample`` repaired, with its ``cholesky_ex`` factor and info from the last check."""
+    factor, info = torch.linalg.cholesky_ex(sample)
+    bad = info != 0
     if not bad.any():
-        return sample
+        return sample, factor, info
     eye = torch.eye(sample.shape[-1], dtype=sample.dtype, device=sample.device)
     jitter = torch.finfo(sample.dtype).eps * sample.diagonal(dim1=-2, dim2=-1).mean(-1)
     for _ in range(attempts):
         sample = torch.where(bad[..., None, None], sample + jitter[..., None, None] * eye, sample)
-        bad = torch.linalg.cholesky_ex(sample).info != 0
+        factor, info = torch.linalg.cholesky_ex(sample)
+        bad = info != 0
         if not bad.any():
             break
         jitter = jitter * 10
-    return sample
+    return sample, factor, info
 
 
 def _mvdigamma(x: torch.Tensor, p: int) -> torch.Tensor:

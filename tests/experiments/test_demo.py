@@ -22,13 +22,7 @@ DRAWS = {
     "lora": runs.Predictions(np.array([0, 1]), _DISAGREE[0], _DISAGREE[:1]),
 }
 EXPECTED_MI = (math.log(2) + 0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / 2
-PRESET_KEYS = (
-    "epochs",
-    "guide_delay_ratio",
-    "guide_lr_restart",
-    "freeze_adapter_after_delay",
-    "guide_lr",
-)
+PRESET_KEYS = tuple(preset_training("uncertainty", 1))  # the TrainConfig fields it sets
 
 
 def _metrics(accuracy: float) -> dict:
