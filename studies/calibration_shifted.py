@@ -38,11 +38,12 @@ def _shifted_members(root: Path, name: str) -> list[tuple[object, dict]]:
             lora = read(run_dir(root, TASK, "lora", seed))
             if lora is None or not (calibrated / runs.METRICS_FILE).is_file():
                 continue
-            value = runs.read_metrics(calibrated)["temperature"]
+            fitted = runs.read_metrics(calibrated)
+            temperatures = fitted["temperature"], fitted.get("predictive_temperature")
             members.append(
                 (
                     runs.read_predictions(calibrated),
-                    {d: scale_predictions(p, value) for d, p in lora[1].items()},
+                    {d: scale_predictions(p, *temperatures) for d, p in lora[1].items()},
                 )
             )
         return members

@@ -9,7 +9,12 @@ from conftest import toy_config
 import monteclora_pyro.training.methods as training
 from monteclora_pyro import MonteCLoRAConfig, metrics, runs
 from monteclora_pyro.cli import main
-from monteclora_pyro.experiments.temperature import TEMPERATURE_METHOD, temperature_scale
+from monteclora_pyro.experiments.temperature import (
+    TEMPERATURE_METHOD,
+    fit_temperature,
+    scaled_nll,
+    temperature_scale,
+)
 from monteclora_pyro.training import TrainConfig, Trainer, train
 
 
@@ -96,14 +101,46 @@ def test_a_run_without_the_option_carves_nothing(toy_assets, tmp_path):
 
 
 def _brute_force(probs, labels, grid):
-    """Mean NLL of softmax(log p / T) at each T of ``grid``, written out independently."""
+    """Mean NLL of softmax(log p / T) at each T of ``grid``, written out independently;
+    ``probs`` of shape (S, n, C) are draws, whose tempered probabilities are averaged."""
     logp = np.log(probs.astype(np.float64))
     values = []
     for t in grid:
         z = logp / t
-        log_norm = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
-        values.append(-np.mean(z[np.arange(len(labels)), labels] - log_norm))
+        log_norm = np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1)) + z.max(-1)
+        log_q = z - log_norm[..., None]
+        if log_q.ndim == 3:
+            log_q = np.log(np.exp(log_q).mean(0))
+        values.append(-np.mean(log_q[np.arange(len(labels)), labels]))
     return np.array(values)
+
+
+def test_the_draws_temperature_is_fitted_to_their_average():
+    rng = np.random.default_rng(0)
+    n, draws = 400, 16
+    labels = rng.integers(0, 2, n)
+    # An overconfident plug-in (logit 4 toward a label that is right 80 % of the time) whose
+    # draws scatter around it: their average is softer than the plug-in.
+    right = np.where(rng.random(n) < 0.8, labels, 1 - labels)
+    logit = 4.0 * np.where(right == 1, 1.0, -1.0)
+    noise = rng.normal(0.0, 3.0, (draws, n))
+
+    def probs(z):
+        return np.stack([1 / (1 + np.exp(z)), 1 / (1 + np.exp(-z))], -1)
+
+    plug_in, draw_probs = probs(logit), probs(logit + noise)
+    log_grid = np.linspace(np.log(1e-2), np.log(1e2), 4001)
+    step = log_grid[1] - log_grid[0]
+    t_plug, t_pred = fit_temperature(plug_in, labels), fit_temperature(draw_probs, labels)
+    by_grid = _brute_force(draw_probs, labels, np.exp(log_grid))
+    assert abs(np.log(t_pred) - log_grid[np.argmin(by_grid)]) <= step
+    assert scaled_nll(draw_probs, labels, t_pred) <= by_grid.min() + 1e-9
+    assert scaled_nll(draw_probs, labels, 1.0) == pytest.approx(by_grid[2000], rel=1e-12)
+    # The draws have done part of the softening: the plug-in's T over-softens them.
+    assert t_pred < t_plug - 10 * step
+    assert scaled_nll(draw_probs, labels, t_pred) < scaled_nll(draw_probs, labels, t_plug)
+    # One draw equal to the plug-in: the same fit.
+    assert fit_temperature(plug_in[None], labels) == fit_temperature(plug_in, labels)
 
 
 @pytest.mark.parametrize("method", ["monteclora", "lora"])
@@ -126,9 +163,21 @@ def test_temperature_scaling_lowers_the_validation_nll(toy_assets, tmp_path, cap
     step = log_grid[1] - log_grid[0]
     assert abs(np.log(temperature) - log_grid[np.argmin(nlls)]) <= step
     assert saved["validation_nll_after"] <= nlls.min() + 1e-9
-    # T is applied to the plug-in and to every draw, then the draws are averaged.
-    tempered = np.exp(np.log(source.draw_probs.astype(np.float64)) / temperature)
+    # T_pred minimises the NLL of the tempered draws' average.
+    predictive = saved["predictive_temperature"]
+    draw_nlls = _brute_force(validation.draw_probs, validation.labels, np.exp(log_grid))
+    assert abs(np.log(predictive) - log_grid[np.argmin(draw_nlls)]) <= step
+    assert saved["validation_predictive_nll_before"] == pytest.approx(draw_nlls[2000], rel=1e-9)
+    assert saved["validation_predictive_nll_after"] <= draw_nlls.min() + 1e-9
+    if method == "lora":  # one draw, its plug-in: one temperature
+        assert predictive == pytest.approx(temperature, rel=1e-6)
+    # T scales the plug-in and T_pred every draw; the draws are then averaged.
+    tempered = np.exp(np.log(source.draw_probs.astype(np.float64)) / predictive)
     tempered /= tempered.sum(-1, keepdims=True)
+    plug_in = np.exp(np.log(source.mean_probs.astype(np.float64)) / temperature)
+    np.testing.assert_allclose(
+        scaled.mean_probs, plug_in / plug_in.sum(-1, keepdims=True), rtol=1e-6
+    )
     np.testing.assert_allclose(scaled.draw_probs, tempered, rtol=1e-6)
     assert saved["posterior_predictive"]["nll"] == pytest.approx(
         metrics.nll(tempered.mean(0), source.labels), rel=1e-6

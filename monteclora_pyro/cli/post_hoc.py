@@ -17,7 +17,11 @@ from monteclora_pyro.experiments.temperature import temperature_scale
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     metrics = temperature_scale(args.run_dir, args.output_dir)
-    return _report(f"temperature {metrics['temperature']:.4g}", metrics, args.output_dir)
+    fitted = (
+        f"temperature {metrics['temperature']:.4g} (plug-in), "
+        f"{metrics['predictive_temperature']:.4g} (draws)"
+    )
+    return _report(fitted, metrics, args.output_dir)
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:

@@ -1,12 +1,15 @@
-"""Temperature scaling: one temperature fitted on a run's carved validation split.
+"""Temperature scaling: temperatures fitted on a run's carved validation split.
 
 A run trained with ``validation_fraction > 0`` (``--validation-fraction``) holds the plug-in and
 per-draw class probabilities of the examples it held out of training
-(``evaluations/{task}-train-validation/``). :func:`temperature_scale` fits T > 0 minimising the
-NLL of ``softmax(log p / T)`` on the validation plug-in probabilities, applies it to the
-evaluation split's plug-in probabilities and to every draw, and writes an ordinary run
-directory. The plug-in prediction's argmax (so its accuracy) is unchanged; the posterior
-predictive averages the scaled draws, whose argmax is unchanged when the draws agree.
+(``evaluations/{task}-train-validation/``). :func:`temperature_scale` fits two temperatures
+T > 0 there, each minimising the validation NLL of what it scales: T on the plug-in
+probabilities, applied to the evaluation split's plug-in; T_pred on the posterior predictive,
+the average of ``softmax(log p_s / T_pred)`` over the draws, applied to every draw. The draws of
+a posterior (or of MC dropout) already soften the predictive, so T_pred is the smaller; for a
+method whose one draw is its plug-in the two coincide. The plug-in prediction's argmax (so its
+accuracy) is unchanged; the predictive's too when the draws agree. The result is an ordinary
+run directory.
 """
 
 from __future__ import annotations
@@ -34,23 +37,35 @@ def scale(probs: np.ndarray, temperature: float) -> np.ndarray:
     return exp / exp.sum(-1, keepdims=True)
 
 
-def scale_predictions(predictions: Predictions, temperature: float) -> Predictions:
-    """``predictions`` with :func:`scale` applied to the plug-in and to every draw."""
+def scale_predictions(
+    predictions: Predictions, temperature: float, predictive_temperature: float | None = None
+) -> Predictions:
+    """``predictions`` with :func:`scale` at ``temperature`` applied to the plug-in and at
+    ``predictive_temperature`` (default: ``temperature``) to every draw."""
+    draw_temperature = temperature if predictive_temperature is None else predictive_temperature
     return Predictions(
         labels=predictions.labels,
         mean_probs=scale(predictions.mean_probs, temperature),
-        draw_probs=scale(predictions.draw_probs, temperature),
+        draw_probs=scale(predictions.draw_probs, draw_temperature),
     )
 
 
 def scaled_nll(probs: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    """Mean NLL of ``labels`` under :func:`scale` (``probs``, ``temperature``)."""
-    scaled = scale(probs, temperature)[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.clip(scaled, 1e-300, None))))
+    """Mean NLL of ``labels`` under :func:`scale` (``probs``, ``temperature``).
+
+    ``probs`` of shape (n, C) is one prediction; of shape (S, n, C), S draws whose scaled
+    probabilities are averaged (the posterior predictive) before the NLL is taken.
+    """
+    scaled = scale(probs, temperature)
+    if scaled.ndim == 3:
+        scaled = scaled.mean(0)
+    picked = scaled[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.clip(picked, 1e-300, None))))
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray, grid: int = 201) -> float:
-    """The T minimising :func:`scaled_nll`: a grid on log T, then golden-section refinement."""
+    """The T minimising :func:`scaled_nll` (of one prediction, or of the average of draws):
+    a grid on log T, then golden-section refinement."""
     lo, hi = LOG_T_BOUNDS
     points = np.linspace(lo, hi, grid)
     values = [scaled_nll(probs, labels, math.exp(t)) for t in points]
@@ -70,13 +85,16 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray, grid: int = 201) -> f
 
 
 def temperature_scale(run_dir: str | Path, output_dir: str | Path) -> dict:
-    """Fit T on a run's carved validation split; write the scaled run to ``output_dir``.
+    """Fit the plug-in's and the draws' temperatures on a run's carved validation split;
+    write the scaled run to ``output_dir``.
 
     Returns
     -------
     dict
-        The scaled run's metrics (also written to ``metrics.json``), with ``temperature``,
-        ``validation_nll_before`` (T = 1) and ``validation_nll_after``.
+        The scaled run's metrics (also written to ``metrics.json``), with ``temperature`` (the
+        plug-in's), ``validation_nll_before`` (T = 1) and ``validation_nll_after``, and
+        ``predictive_temperature`` with ``validation_predictive_nll_before`` and ``_after``
+        (the NLL of the draws' average).
 
     Raises
     ------
@@ -104,7 +122,8 @@ def temperature_scale(run_dir: str | Path, output_dir: str | Path) -> dict:
     validation = runs.read_predictions(validation_dir)
     predictions = runs.read_predictions(run_dir)
     temperature = fit_temperature(validation.mean_probs, validation.labels)
-    scaled = scale_predictions(predictions, temperature)
+    predictive_temperature = fit_temperature(validation.draw_probs, validation.labels)
+    scaled = scale_predictions(predictions, temperature, predictive_temperature)
     evaluation = ClassEvaluation(scaled)
     metrics = {
         "task": source["task"],
@@ -118,6 +137,13 @@ def temperature_scale(run_dir: str | Path, output_dir: str | Path) -> dict:
         "num_validation_examples": len(validation.labels),
         "validation_nll_before": scaled_nll(validation.mean_probs, validation.labels, 1.0),
         "validation_nll_after": scaled_nll(validation.mean_probs, validation.labels, temperature),
+        "predictive_temperature": predictive_temperature,
+        "validation_predictive_nll_before": scaled_nll(
+            validation.draw_probs, validation.labels, 1.0
+        ),
+        "validation_predictive_nll_after": scaled_nll(
+            validation.draw_probs, validation.labels, predictive_temperature
+        ),
         **evaluation.metrics(spec.metrics),
     }
     out.mkdir(parents=True, exist_ok=True)
