@@ -95,9 +95,14 @@ TRAINED = {  # name -> the method's own options
     "bayes-t0.01-freeze-glr0.2": _tempered("0.01", *FREEZE, "--guide-lr", "0.2"),
 }
 MONTECLORA = tuple(name for name in TRAINED if name.startswith(("paper-", "bayes")))
-POST_HOC = ("temperature", "laplace", "checkpoint-ensemble", "deep-ensemble")
+DEFAULT_GLR = "bayes-t0.01-freeze-glr0.2"  # on every task; the default since the ninth pass
+# temperature scaling of the default's runs (the plug-in's T and the draws' T_pred fitted
+# apart); every other post-hoc baseline derives from the LoRA runs
+POST_HOC_SOURCES = {"default-temperature": DEFAULT_GLR}
+POST_HOC = ("temperature", "laplace", "checkpoint-ensemble", "deep-ensemble", "default-temperature")
 POST_HOC_DIRS = (
     "temperature",
+    "default-temperature",
     "laplace",
     *(f"checkpoint-ensemble-m{m}" for m in CHECKPOINT_MEMBERS),
     "deep-ensemble-m3",
@@ -107,7 +112,7 @@ POST_HOC_DIRS = (
 
 CORE = ("lora", "mc-dropout", "bayes-t0.1", "bayes-t0.01")  # LoRA, its cheapest rival, the
 # tempered Bayesian objective at the temperature SST-2 selected and at a tenth of it
-CORE_POST_HOC = ("temperature", "checkpoint-ensemble", "deep-ensemble")
+CORE_POST_HOC = ("temperature", "checkpoint-ensemble", "deep-ensemble", "default-temperature")
 # RTE: T = 0.01 (seed 0 only) gave way to time, the delayed guide (the default) was added;
 # MRPC and CoLA, where T = 0.1 collapsed: the prior at LoRA's initialisation and the delay
 DELAYED = ("bayes-t0.1-delay", "bayes-t0.1-delay-restart")
@@ -116,7 +121,6 @@ WITH_REMEDIES = (*CORE, "bayes-t0.01-init", *DELAYED)
 # the two-phase settings on SST-2 and MRPC; bayes-t0.01-freeze (the default before the ninth
 # pass) on CoLA and RTE too: movie reviews gave way to time
 FROZEN = ("bayes-t0.1-freeze", "bayes-t0.01-freeze")
-DEFAULT_GLR = "bayes-t0.01-freeze-glr0.2"  # on every task; the default since the ninth pass
 EPOCH_FACTOR = dict.fromkeys((*FROZEN, DEFAULT_GLR), 2)  # the task's epochs times this; else 1
 
 
@@ -154,6 +158,17 @@ def run_dir(root: Path, task: str, name: str, seed: int) -> Path:
     return root / task / f"{name}-s{seed}"
 
 
+def source_of(name: str) -> str:
+    """The trained method a post-hoc baseline's runs derive from."""
+    return POST_HOC_SOURCES.get(name, "lora")
+
+
+def baseline_of(out: Path) -> str:
+    """The post-hoc baseline (of :data:`POST_HOC`) whose output ``out`` is."""
+    name = _name_seed(out)[0]
+    return next(b for b in POST_HOC if name == b or name.startswith(f"{b}-m"))
+
+
 def seeds_of(name: str) -> tuple[int, ...]:
     return ENSEMBLE_SEEDS if name == "lora" else SEEDS
 
@@ -186,6 +201,9 @@ def post_hoc_commands(root: Path, task: str) -> list[tuple[Path, list[str]]]:
         lora = str(run_dir(root, task, "lora", seed))
         out = run_dir(root, task, "temperature", seed)
         jobs.append((out, ["monteclora", "calibrate", lora, "--output-dir", str(out)]))
+        default = str(run_dir(root, task, DEFAULT_GLR, seed))
+        out = run_dir(root, task, "default-temperature", seed)
+        jobs.append((out, ["monteclora", "calibrate", default, "--output-dir", str(out)]))
         out = run_dir(root, task, "laplace", seed)
         jobs.append((out, ["monteclora", "--quiet", "laplace", lora, "--output-dir", str(out)]))
         for m in CHECKPOINT_MEMBERS:
@@ -267,11 +285,17 @@ def nothing_recorded(task: str, name: str, seed: int) -> bool:
 
 def pending_post_hoc(args, root: Path, task: str, recorded=nothing_recorded) -> list:
     """(output, command) of the post-hoc baselines of ``task`` neither finished nor
-    ``recorded`` (``calibration_records.Records.recorded``)."""
+    ``recorded`` (``calibration_records.Records.recorded``), among those whose source method
+    (:func:`source_of`) is in ``args.methods``."""
+    wanted = [
+        name
+        for name in TASKS[task].post_hoc
+        if name in args.post_hoc and source_of(name) in args.methods
+    ]
     return [
         (out, command)
         for out, command in post_hoc_commands(root, task)
-        if any(out.name.startswith(name) for name in TASKS[task].post_hoc if name in args.post_hoc)
+        if baseline_of(out) in wanted
         and not (out / runs.METRICS_FILE).is_file()
         and not recorded(task, *_name_seed(out))
     ]
@@ -284,13 +308,15 @@ def _name_seed(out: Path) -> tuple[str, int]:
 
 def training_jobs(args, root: Path, task: str, recorded=nothing_recorded) -> list[list[str]]:
     """The training commands of ``task`` still to run: those neither finished here nor
-    ``recorded``, and the LoRA runs not here while a post-hoc baseline still needs them.
+    ``recorded``, and the source runs (LoRA's, the default's) not here while a post-hoc
+    baseline still needs them.
 
     Raises ``SystemExit`` naming every finished run trained with other settings than the
     study's (say after ``TASKS`` changed): move those aside to rerun them; nothing is deleted.
     """
     jobs, stale = [], []
-    sources_needed = bool(pending_post_hoc(args, root, task, recorded))
+    pending = pending_post_hoc(args, root, task, recorded)
+    sources = {source_of(baseline_of(out)) for out, _ in pending}
     for seed in ENSEMBLE_SEEDS:
         for name in (m for m in TASKS[task].methods if m in args.methods):
             if seed not in seeds_of(name):
@@ -299,7 +325,7 @@ def training_jobs(args, root: Path, task: str, recorded=nothing_recorded) -> lis
             if (out / runs.METRICS_FILE).is_file():
                 if differences := stale_settings(command, runs.read_config(out)):
                     stale.append(f"{out}: {', '.join(differences)}")
-            elif not recorded(task, name, seed) or (name == "lora" and sources_needed):
+            elif not recorded(task, name, seed) or name in sources:
                 jobs.append(command)
     if stale:
         raise SystemExit(

@@ -26,6 +26,7 @@ from calibration import (
     REPORTED,
     TRAINED,
     run_dir,
+    source_of,
     stale_settings,
     study_options,
 )
@@ -53,10 +54,11 @@ def command_seconds(root: Path) -> dict[str, float]:
 
 def expected_options(task: str, name: str, seed: int) -> str:
     """The training options a record of ``name`` must carry to be read: its own for a trained
-    method, those of the LoRA runs it derives from (seed aside) for a post-hoc baseline."""
+    method, those of the runs it derives from (seed aside; LoRA's, or the default's for
+    ``default-temperature``) for a post-hoc baseline."""
     if name in TRAINED:
         return " ".join(study_options(task, name, seed))
-    return " ".join(study_options(task, "lora", 0))
+    return " ".join(study_options(task, source_of(name), 0))
 
 
 def _finite(value: float | None) -> float | None:

@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 from calibration import (
     CHECKPOINT_MEMBERS,
+    DEFAULT_GLR,
     ENSEMBLE_SEEDS,
     MONTECLORA,
     REPORTED,
     SEEDS,
     TASKS,
     TRAINED,
+    source_of,
 )
 from calibration_records import Records, number
 from calibration_scores import cell, normalised
@@ -78,7 +80,8 @@ class TaskResults:
             deep = name.startswith("deep")
             return (float(m) if deep else 1.0), float(m)
         fits = [number(f["command_seconds"]) for f in self.figures(name)]
-        return 1.0 + float(np.mean(fits)) / lora_train, math.nan
+        source_train = self.timing(source_of(name))[0]
+        return (source_train + float(np.mean(fits))) / lora_train, math.nan
 
     def row(self, name: str, label: str | None = None) -> dict | None:
         seeds = tuple(range(len(ENSEMBLE_SEEDS))) if name == "deep-ensemble-m3" else SEEDS
@@ -191,6 +194,7 @@ def task_section(
         (chosen_m, f"checkpoint-ensemble ({chosen_m[-2:] if chosen_m else ''})"),
         ("deep-ensemble-m3", "deep-ensemble (M=3)"), ("deep-ensemble-m4", "deep-ensemble (M=4)"),
         ("peft-monteclora", None), *[(n, f"monteclora {n}") for n in MONTECLORA],
+        ("default-temperature", f"monteclora {DEFAULT_GLR} + temperature"),
     ]  # fmt: skip
     rows = [r for name, label in names if name and (r := results.row(name, label))]
     if not rows:

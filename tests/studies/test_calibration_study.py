@@ -240,7 +240,8 @@ def test_run_study_schedules_the_task_methods_only(tmp_path, recorder):
     expected = {
         out.name: command
         for out, command in calibration.post_hoc_commands(root, task)
-        if not out.name.startswith("laplace") and out.name != "temperature-s1"
+        if not out.name.startswith(("laplace", "default-temperature"))  # the default's source
+        and out.name != "temperature-s1"  # is not among the methods
     }
     assert sorted(expected) == sorted(
         ["temperature-s0", "temperature-s2"]
@@ -899,3 +900,60 @@ def test_lora_runs_without_validation_predictions_select_nothing(tmp_path):
     assert chosen is None and [(r["setting"], r["eligible"]) for r in table] == [
         ("bayes-t0.1", False)
     ]
+
+
+# ------------------------------------------------------- temperature scaling of the default
+
+
+def test_the_default_is_temperature_scaled_from_its_own_runs(tmp_path, recorder):
+    root, glr = tmp_path / "study", calibration.DEFAULT_GLR
+    done = {(glr, s) for s in calibration.SEEDS} | {("lora", s) for s in range(4)}
+    done |= {(b, s) for b in ("temperature", "default-temperature") for s in calibration.SEEDS}
+    done.discard(("default-temperature", 1))
+
+    def recorded(task, name, seed):
+        return task == "mrpc" and (name, seed) in done
+
+    post_hoc = ["temperature", "default-temperature"]
+    args = _args(root, tasks=["mrpc"], methods=["lora", glr], post_hoc=post_hoc)
+    calibration.run_study(args, recorded)
+    commands = recorder[-1].commands
+    # the default's runs are its source: retrained here, LoRA's are not needed
+    trained = sorted(_out_name(c) for c in commands if c[2] == "train")
+    assert trained == [f"{glr}-s{s}" for s in calibration.SEEDS]
+    source = calibration.run_dir(root, "mrpc", glr, 1)
+    out = calibration.run_dir(root, "mrpc", "default-temperature", 1)
+    calibrated = [c for c in commands if c[1] == "calibrate"]
+    assert calibrated == [["monteclora", "calibrate", str(source), "--output-dir", str(out)]]
+    # without the default among the methods its baseline has no source: nothing is scheduled
+    calibration.run_study(_args(root, tasks=["mrpc"], methods=["lora"], post_hoc=post_hoc))
+    assert not any("default-temperature" in " ".join(c) for c in recorder[-1].commands)
+    assert calibration.baseline_of(out) == "default-temperature"
+    assert calibration.baseline_of(root / "temperature-s2") == "temperature"
+    assert calibration.baseline_of(root / "deep-ensemble-m3-s1") == "deep-ensemble"
+    assert expected_options("mrpc", "default-temperature", 2) == " ".join(
+        calibration.study_options("mrpc", glr, 0)
+    )
+    assert expected_options("mrpc", "temperature", 2) == " ".join(
+        calibration.study_options("mrpc", "lora", 0)
+    )
+
+
+def test_the_default_temperature_row_costs_the_default_plus_the_fit(tmp_path):
+    glr, fits = calibration.DEFAULT_GLR, (4.0, 6.0, 8.0)
+    log = []
+    for seed in range(4):
+        predictions = make_predictions(N_DEV, 150, 0.8, seed=seed)
+        write_run(tmp_path, "mrpc", "lora", seed, predictions, predictions, 100.0 + 10 * seed)
+    for seed in calibration.SEEDS:
+        predictions = make_predictions(N_DEV, 150, 0.8, draws=2, seed=seed)
+        write_run(tmp_path, "mrpc", glr, seed, predictions, predictions, 200.0 + 20 * seed)
+        run = write_run(tmp_path, "mrpc", "default-temperature", seed, predictions, None)
+        log.append(f"monteclora calibrate x --output-dir {run}  # rc=0 {fits[seed]:.0f}s")
+    (tmp_path / "commands.log").write_text("\n".join(log) + "\n")
+    results = results_of(tmp_path, "mrpc")
+    row = results.row("default-temperature", "scaled")
+    lora_train, glr_train = np.mean([100, 110, 120, 130]), np.mean([200, 220, 240])
+    assert row["train_time"] == pytest.approx((glr_train + np.mean(fits)) / lora_train)
+    assert row["seeds"] == 3 and math.isnan(row["eval_time"])
+    assert results.row("temperature") is None  # LoRA's own baseline did not run
