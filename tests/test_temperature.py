@@ -143,6 +143,23 @@ def test_the_draws_temperature_is_fitted_to_their_average():
     assert fit_temperature(plug_in[None], labels) == fit_temperature(plug_in, labels)
 
 
+def test_a_temperature_at_the_search_bound_is_returned_with_a_warning(caplog):
+    labels = np.tile([0, 1], 50)
+    confident = np.tile([[0.9, 0.1]], (100, 1))  # right on half the examples: chance
+    with caplog.at_level("WARNING", logger="monteclora_pyro.experiments.temperature"):
+        assert fit_temperature(confident, labels) == pytest.approx(1e2, rel=1e-12)
+    assert "is a bound of its search interval" in caplog.text
+    caplog.clear()
+    always_right = np.where(labels[:, None] == np.arange(2), 0.6, 0.4)
+    with caplog.at_level("WARNING", logger="monteclora_pyro.experiments.temperature"):
+        assert fit_temperature(always_right, labels) == pytest.approx(1e-2, rel=1e-12)
+    assert "is a bound of its search interval" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monteclora_pyro.experiments.temperature"):
+        fit_temperature(np.tile([[0.7, 0.3]], (100, 1)), np.r_[np.zeros(70, int), np.ones(30, int)])
+    assert caplog.text == ""  # T = 1 is right for 70 % confidence at 70 % accuracy
+
+
 @pytest.mark.parametrize("method", ["monteclora", "lora"])
 def test_temperature_scaling_lowers_the_validation_nll(toy_assets, tmp_path, capsys, method):
     run = tmp_path / "run"

@@ -14,6 +14,7 @@ run directory.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from monteclora_pyro.data import resolve_task_spec
 from monteclora_pyro.models.evaluations import ProbabilityAccumulator
 from monteclora_pyro.models.likelihood import ClassEvaluation, get_likelihood
 from monteclora_pyro.runs import Predictions
+
+logger = logging.getLogger(__name__)
 
 TEMPERATURE_METHOD = "temperature"
 LOG_T_BOUNDS = (math.log(1e-2), math.log(1e2))  # the search interval of log T
@@ -65,11 +68,19 @@ def scaled_nll(probs: np.ndarray, labels: np.ndarray, temperature: float) -> flo
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray, grid: int = 201) -> float:
     """The T minimising :func:`scaled_nll` (of one prediction, or of the average of draws):
-    a grid on log T, then golden-section refinement."""
+    a grid on log T, then golden-section refinement. A minimum at a bound of
+    :data:`LOG_T_BOUNDS` is returned with a warning."""
     lo, hi = LOG_T_BOUNDS
     points = np.linspace(lo, hi, grid)
     values = [scaled_nll(probs, labels, math.exp(t)) for t in points]
     best = int(np.argmin(values))
+    if best in (0, grid - 1):
+        logger.warning(
+            "the fitted temperature %.3g is a bound of its search interval [%.3g, %.3g]: the "
+            "NLL keeps falling beyond it (at the upper bound the scaled prediction is nearly "
+            "uniform, no better than chance on these labels; at the lower, nearly one-hot)",
+            math.exp(points[best]), math.exp(lo), math.exp(hi),
+        )  # fmt: skip
     a, b = points[max(best - 1, 0)], points[min(best + 1, grid - 1)]
     ratio = (math.sqrt(5) - 1) / 2
     for _ in range(60):  # the bracket shrinks by 0.618 per step
