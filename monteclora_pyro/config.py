@@ -187,8 +187,8 @@ class MonteCLoRAConfig:
         within 2 points of LoRA's on SST-2 and MRPC; its ECE was 0.6-0.8x LoRA's, level with
         temperature scaling's on SST-2 and above it on MRPC, at about 2x LoRA's training time. On
         CoLA its MCC was 0.02-0.11 over three seeds (LoRA 0.16-0.22), following the LoRA run
-        of its first phase; on RTE the previous default is near chance, as LoRA is. Check its
-        validation score against LoRA's before relying on it."""
+        of its first phase; on RTE it was near chance, as LoRA is. Check its validation score
+        against LoRA's before relying on it."""
         return cls.bayes(**{"kl_loss_weight": 0.01, **overrides})
 
     @classmethod
