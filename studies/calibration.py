@@ -195,15 +195,15 @@ def train_command(args, task: str, name: str, seed: int) -> list[str]:
 
 
 def post_hoc_commands(root: Path, task: str) -> list[tuple[Path, list[str]]]:
-    """(output run, command) of every post-hoc baseline of a task, from its LoRA runs."""
+    """(output run, command) of every post-hoc baseline of a task, from its source runs
+    (:func:`source_of`)."""
     jobs = []
     for seed in SEEDS:
         lora = str(run_dir(root, task, "lora", seed))
-        out = run_dir(root, task, "temperature", seed)
-        jobs.append((out, ["monteclora", "calibrate", lora, "--output-dir", str(out)]))
-        default = str(run_dir(root, task, DEFAULT_GLR, seed))
-        out = run_dir(root, task, "default-temperature", seed)
-        jobs.append((out, ["monteclora", "calibrate", default, "--output-dir", str(out)]))
+        for name in ("temperature", "default-temperature"):
+            source = run_dir(root, task, source_of(name), seed)
+            out = run_dir(root, task, name, seed)
+            jobs.append((out, ["monteclora", "calibrate", str(source), "--output-dir", str(out)]))
         out = run_dir(root, task, "laplace", seed)
         jobs.append((out, ["monteclora", "--quiet", "laplace", lora, "--output-dir", str(out)]))
         for m in CHECKPOINT_MEMBERS:

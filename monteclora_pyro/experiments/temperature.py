@@ -5,11 +5,11 @@ per-draw class probabilities of the examples it held out of training
 (``evaluations/{task}-train-validation/``). :func:`temperature_scale` fits two temperatures
 T > 0 there, each minimising the validation NLL of what it scales: T on the plug-in
 probabilities, applied to the evaluation split's plug-in; T_pred on the posterior predictive,
-the average of ``softmax(log p_s / T_pred)`` over the draws, applied to every draw. The draws of
-a posterior (or of MC dropout) already soften the predictive, so T_pred is usually the smaller;
-for a method whose one draw is its plug-in the two coincide. The plug-in prediction's argmax (so its
-accuracy) is unchanged; the predictive's too when the draws agree. The result is an ordinary
-run directory.
+the average of ``softmax(log p_s / T_pred)`` over the draws, applied to every draw. The draws
+of a posterior (or of MC dropout) already soften the predictive, so T_pred is usually the
+smaller; for a method whose one draw is its plug-in the two coincide. The plug-in prediction's
+argmax (so its accuracy) is unchanged; the predictive's too when the draws agree. The result is
+an ordinary run directory.
 """
 
 from __future__ import annotations
