@@ -40,7 +40,8 @@ def test_tasks_give_sst2_every_method_and_the_other_tasks_the_core():
     remedies = (*calibration.CORE, "bayes-t0.01-init", *calibration.DELAYED)
     glr = calibration.DEFAULT_GLR
     assert calibration.TASKS["cola"].methods == (*remedies, "bayes-t0.01-freeze", glr)
-    assert calibration.TASKS["mrpc"].methods == (*remedies, *calibration.FROZEN, glr)
+    mrpc = (*remedies, *calibration.FROZEN, glr, calibration.GUIDE1)
+    assert calibration.TASKS["mrpc"].methods == mrpc
     rte = set(calibration.TASKS["rte"].methods) - set(calibration.CORE)
     assert rte == {*calibration.DELAYED, "bayes-t0.01-freeze", glr}
     # the default's candidate differs from the default by the guide's learning rate alone
@@ -50,6 +51,11 @@ def test_tasks_give_sst2_every_method_and_the_other_tasks_the_core():
         at = candidate.index("--guide-lr")
         assert candidate[at + 1] == "0.2"
         assert candidate[:at] + candidate[at + 2 :] == default
+        # and its one-guide-epoch form by its epochs and the adapter's share of them alone
+        one_epoch = calibration.study_options(task, calibration.GUIDE1, 0)
+        differ = [(a, b) for a, b in zip(candidate, one_epoch, strict=True) if a != b]
+        epochs = calibration.TASKS[task].epochs
+        assert differ == [(str(2 * epochs), str(epochs + 1)), ("0.5", "0.75")]
     for task in ("mrpc", "cola", "rte"):
         assert {"lora", "mc-dropout", "bayes-t0.1"} <= set(calibration.TASKS[task].methods)
         assert calibration.TASKS[task].post_hoc == calibration.CORE_POST_HOC
@@ -130,9 +136,10 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
             train, model = configs(parsed)
             assert (train.task, train.seed, train.output_dir) == (task, 1, str(out))
             assert train.max_train_examples == setting.max_train_examples
-            doubled = "-freeze" in name and not name.endswith("-short")  # the guide's phase
-            factor = 2 if doubled else 1
-            assert (train.max_length, train.epochs) == (setting.max_length, factor * setting.epochs)
+            two_phase = "-freeze" in name and not name.endswith("-short")  # LoRA's epochs first
+            guide_epochs = 1 if "-freeze1-" in name else setting.epochs  # then the guide's
+            epochs = setting.epochs + (guide_epochs if two_phase else 0)
+            assert (train.max_length, train.epochs) == (setting.max_length, epochs)
             # the report selects settings on the carved validation split
             assert train.validation_fraction > 0
             if name == "lora":
@@ -145,9 +152,10 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
                 assert 0 < train.guide_delay_ratio < 1
                 assert train.guide_lr_restart is name.endswith("-restart")
                 assert not train.freeze_adapter_after_delay
-            if "-freeze" in name:  # LoRA's run, then the guide alone
-                assert train.guide_delay_ratio == 0.5 and train.guide_lr_restart
-                assert train.freeze_adapter_after_delay
+            if "-freeze" in name:  # a LoRA run, then the guide alone
+                adapter_epochs = setting.epochs if two_phase else epochs / 2
+                assert train.guide_delay_ratio * epochs == pytest.approx(adapter_epochs)
+                assert train.guide_lr_restart and train.freeze_adapter_after_delay
             if "-glr" in name:  # the guide's learning rate in the name
                 assert train.guide_lr == pytest.approx(float(name.split("-glr")[1]))
             if name.endswith("-init"):  # Λ held at the precision of LoRA's initial A rows
