@@ -6,10 +6,12 @@ Usage::
     python benchmarks/train_step.py --tiny        # the tiny two-layer BERT of the tests
     python benchmarks/train_step.py --no-rss      # skip the peak-RSS subprocesses
 
-Four methods on the same backbone, batch and optimiser (AdamW), each one full step (loss,
+Five methods on the same backbone, batch and optimiser (AdamW), each one full step (loss,
 backward, optimiser step) as :class:`monteclora_pyro.training.Trainer` runs it:
 
 - ``monteclora``: our Pyro model with ``MonteCLoRAGuide`` (``elbo_terms``);
+- ``monteclora-bayes``: the same at ``MonteCLoRAConfig.uncertainty()`` (the Bayesian
+  objective, T = 0.01), the default for uncertainty work;
 - ``lora``: our Pyro model with ``LoRAGuide``;
 - ``peft-lora`` and ``peft-monteclora``: PEFT's LoRA and MonteCLoRA (``PeftMethod``: cross
   entropy plus PEFT's regularisation loss).
@@ -37,7 +39,7 @@ from monteclora_pyro import MonteCLoRAConfig
 from monteclora_pyro.backbones import load_backbone
 from monteclora_pyro.training import build_method
 
-METHODS = ("monteclora", "lora", "peft-lora", "peft-monteclora")
+METHODS = ("monteclora", "monteclora-bayes", "lora", "peft-lora", "peft-monteclora")
 
 
 def build_backbone(tiny: bool) -> torch.nn.Module:
@@ -57,7 +59,10 @@ def build_backbone(tiny: bool) -> torch.nn.Module:
 def build(method: str, tiny: bool, lr: float = 1e-4):
     """(adapter, optimiser) of a method, as the Trainer builds them."""
     hf = build_backbone(tiny)
-    cfg = MonteCLoRAConfig(modules_to_save=["classifier"])
+    if method == "monteclora-bayes":
+        cfg, method = MonteCLoRAConfig.uncertainty(modules_to_save=["classifier"]), "monteclora"
+    else:
+        cfg = MonteCLoRAConfig(modules_to_save=["classifier"])
     adapter = build_method(method, hf, cfg, num_data=1000)
     adapter.network.train()
     return adapter, torch.optim.AdamW(adapter.params, lr=lr)
@@ -212,6 +217,7 @@ def main() -> None:
     print("\nratios (target: ours monteclora <= 1.05 x ours lora, and < peft-monteclora)")
     print(f"paired     monteclora / lora:            {paired('monteclora', 'lora')}")
     print(f"paired     monteclora / peft-monteclora: {paired('monteclora', 'peft-monteclora')}")
+    print(f"paired     monteclora-bayes / lora:      {paired('monteclora-bayes', 'lora')}")
     print(f"paired     peft-monteclora / peft-lora:  {paired('peft-monteclora', 'peft-lora')}")
     print(f"paired     lora / peft-lora:             {paired('lora', 'peft-lora')}")
     print(f"CPU time   monteclora / lora:            {paired('monteclora', 'lora', cpu)}")
