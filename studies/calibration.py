@@ -133,9 +133,9 @@ WITH_REMEDIES = (*CORE, "bayes-t0.01-init", *DELAYED)
 # the two-phase settings on SST-2 and MRPC; bayes-t0.01-freeze (the default before the ninth
 # pass) on CoLA and RTE too: movie reviews gave way to time
 FROZEN = ("bayes-t0.1-freeze", "bayes-t0.01-freeze")
-# the two-phase methods whose adapter trains for the task's epochs, as LoRA's does, and the
-# fraction of the steps that phase takes; every other method trains for the task's epochs
-LORA_PHASE = dict.fromkeys((*FROZEN, DEFAULT_GLR), 0.5) | {GUIDE1: ONE_GUIDE_EPOCH}
+# the two-phase methods whose adapter trains for the task's epochs, as LoRA's does (its share
+# of the steps, --guide-delay-ratio, in TRAINED); every other method trains for the task's epochs
+LORA_PHASE = (*FROZEN, DEFAULT_GLR, GUIDE1)
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,9 @@ def study_options(task: str, name: str, seed: int) -> list[str]:
         options += ["--max-train-examples", str(setting.max_train_examples)]
     epochs = setting.epochs
     if name in LORA_PHASE:
-        epochs = two_phase_training(epochs, LORA_PHASE[name])["epochs"]
+        method = TRAINED[name]
+        delay = float(method[method.index("--guide-delay-ratio") + 1])
+        epochs = two_phase_training(epochs, delay)["epochs"]
     options += ["--max-length", str(setting.max_length), "--epochs", str(epochs)]
     return [*options, *COMMON, *TRAINED[name]]
 
