@@ -180,6 +180,14 @@ def train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
         "targets and head), keep μ, B and the head frozen and train only the guide",
     )
     add(
+        "--from-run",
+        default=None,
+        metavar="RUN_DIR",
+        help="post-hoc MonteCLoRA around a finished lora run of ours: start from its adapter "
+        "and head, frozen, and train only the guide; pass the run's --seed, "
+        "--validation-fraction and --max-train-examples (the same validation split)",
+    )
+    add(
         "--report-to",
         default=d.report_to,
         type=checked(check_report_to),

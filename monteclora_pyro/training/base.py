@@ -31,12 +31,14 @@ class Method(ABC):
         What the labels observe.
     from_peft : str, optional
         A PEFT LoRA adapter to start from (methods with ``post_hoc`` only).
+    from_run : str, optional
+        A finished run of ours whose adapter to start from (methods with ``post_hoc`` only).
     """
 
     name: ClassVar[str]
     likelihoods: ClassVar[tuple[str, ...] | None] = None  # None: every likelihood
     objectives: ClassVar[tuple[str, ...] | None] = None  # None: every objective
-    post_hoc: ClassVar[bool] = False  # can train from a PEFT adapter (from_peft)
+    post_hoc: ClassVar[bool] = False  # can train from an adapter (from_peft, from_run)
     guide: nn.Module | None = None  # the Pyro guide, if the method has one
 
     @property

@@ -131,6 +131,12 @@ class TrainConfig:
         A PEFT LoRA adapter directory to start from (post-hoc MonteCLoRA, ``method`` must be
         ``"monteclora"``): μ, B and the saved head come from the adapter and stay frozen; only
         the guide trains. See :mod:`monteclora_pyro.peft_interop`.
+    from_run : str or None
+        One of our finished ``lora`` (or ``monteclora``) runs to start from, in the same way
+        (post-hoc MonteCLoRA around a LoRA run): its r, lora_alpha, targets, μ, B and heads,
+        frozen. The run must carve the same validation split (the source's seed,
+        ``validation_fraction`` and ``max_train_examples``). See
+        :mod:`monteclora_pyro.training.from_run`.
     report_to : str
         Experiment tracking besides ``history.jsonl``: ``"none"``, ``"tensorboard"``,
         ``"mlflow"``, or several comma-separated (:mod:`monteclora_pyro.training.tracking`).
@@ -167,6 +173,7 @@ class TrainConfig:
     output_dir: str = "runs/monteclora"
     device: str = "cpu"
     from_peft: str | None = None
+    from_run: str | None = None
     report_to: str = "none"
 
     def __post_init__(self) -> None:
@@ -220,14 +227,19 @@ class TrainConfig:
             torch.device(self.device)
         except (RuntimeError, TypeError):
             fail("device", "it must be a torch device such as 'cpu', 'cuda', 'cuda:1' or 'mps'")
-        if isinstance(self.from_peft, os.PathLike):
-            self.from_peft = os.fspath(self.from_peft)
-        if self.from_peft is not None:
-            if not isinstance(self.from_peft, str) or not self.from_peft:
-                fail("from_peft", "it must be a PEFT adapter directory, or None")
+        for name, what in (("from_peft", "a PEFT adapter"), ("from_run", "a finished run")):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, value := os.fspath(value))
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value:
+                fail(name, f"it must be {what} directory, or None")
             if not METHODS[self.method].post_hoc:
-                post_hoc = [name for name, method in METHODS.items() if method.post_hoc]
-                fail("method", f"from_peft (post-hoc training) needs it to be one of {post_hoc}")
+                post_hoc = [m for m, method in METHODS.items() if method.post_hoc]
+                fail("method", f"{name} (post-hoc training) needs it to be one of {post_hoc}")
+        if self.from_peft is not None and self.from_run is not None:
+            fail("from_run", "start from a PEFT adapter (from_peft) or a run, not both")
         try:
             check_report_to(self.report_to)
         except ValueError as err:

@@ -19,7 +19,6 @@ from monteclora_pyro.config import MonteCLoRAConfig
 from monteclora_pyro.data import load_task, make_collator, make_loader
 from monteclora_pyro.files import atomic_write
 from monteclora_pyro.models.likelihood import get_likelihood
-from monteclora_pyro.peft_interop import monteclora_config_from_peft
 from monteclora_pyro.training import convergence, distributed
 from monteclora_pyro.training.config import (
     TrainConfig,
@@ -33,6 +32,7 @@ from monteclora_pyro.training.evaluation import (
     run_datasets,
     write_evaluation,
 )
+from monteclora_pyro.training.from_run import check_same_data, post_hoc_config
 from monteclora_pyro.training.methods import METHODS
 from monteclora_pyro.training.optim import held_parameters, kl_factor, lr_schedules, make_optimizer
 from monteclora_pyro.training.tracking import Tracker, make_tracker
@@ -88,10 +88,7 @@ class Trainer:
             config.model, self.spec.num_labels, self.spec.label_names, causal=causal
         )
         model_config = MonteCLoRAConfig() if model_config is None else model_config
-        if config.from_peft is not None:
-            model_config = monteclora_config_from_peft(
-                config.from_peft, hf_model, model_config, new_modules=new_modules
-            )
+        model_config = post_hoc_config(config, hf_model, model_config, new_modules)
         heads = self.likelihood.default_heads(hf_model)
         if model_config.modules_to_save is None and heads:
             extra = [
@@ -110,6 +107,7 @@ class Trainer:
         tokenized, self.validation_indices, self.num_pool = run_datasets(
             config, task, self.tokenizer
         )
+        check_same_data(config, self.validation_indices, self.num_pool)
         self.collator = make_collator(self.tokenizer, self.spec)
         self.train_set, self.eval_set = tokenized["train"], tokenized["eval"]
         self.validation_set = tokenized.get("validation")
@@ -119,6 +117,7 @@ class Trainer:
             num_data=len(self.train_set),
             likelihood=self.likelihood,
             from_peft=config.from_peft,
+            from_run=config.from_run,
         )
         self.device = (
             resolve_device(config.device) if self.parallel is None else self.parallel.device

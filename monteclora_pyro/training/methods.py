@@ -20,6 +20,7 @@ from monteclora_pyro.models.params import restore_parameters
 from monteclora_pyro.peft_interop import load_peft_adapter
 from monteclora_pyro.sites import LARGE_KINDS, split_site_name
 from monteclora_pyro.training.base import Method
+from monteclora_pyro.training.from_run import load_run_adapter
 from monteclora_pyro.training.peft import PeftLoRAMethod, PeftMonteCLoRAMethod
 
 
@@ -40,10 +41,13 @@ class PyroMethod(Method):
         num_data: int,
         likelihood: Likelihood,
         from_peft: str | None = None,
+        from_run: str | None = None,
     ):
         model = MonteCLoRAModel(hf_model, model_cfg, num_data=num_data, likelihood=likelihood)
         if from_peft is not None:  # post-hoc: μ, B and the head frozen at the adapter's
             load_peft_adapter(model, from_peft, freeze=True)
+        if from_run is not None:
+            load_run_adapter(model, from_run)
         self._bind(model, self.guide_class(model))
 
     def _bind(self, model: MonteCLoRAModel, guide: nn.Module) -> None:
@@ -202,6 +206,7 @@ def build_method(
     num_data: int,
     likelihood: str | Likelihood | None = None,
     from_peft: str | None = None,
+    from_run: str | None = None,
 ) -> Method:
     """The method called ``name``, adapting ``hf_model``."""
     if name not in METHODS:
@@ -212,4 +217,5 @@ def build_method(
         num_data=num_data,
         likelihood=resolve_likelihood(hf_model, likelihood),
         from_peft=from_peft,
+        from_run=from_run,
     )

@@ -66,6 +66,7 @@ class PeftMethod(Method):
         num_data: int,
         likelihood: Likelihood,
         from_peft: str | None = None,
+        from_run: str | None = None,
     ):
         peft = require_peft()
         self.config = peft_config(self.name, hf_model, model_cfg)
