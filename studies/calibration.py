@@ -106,15 +106,23 @@ TRAINED = {  # name -> the method's own options
     # instead of 2.41x (SST-2, timed alone; eleventh pass).
     GUIDE1: _tempered("0.01", *_frozen(ONE_GUIDE_EPOCH), "--guide-lr", "0.2"),
 }
-MONTECLORA = tuple(name for name in TRAINED if name.startswith(("paper-", "bayes")))
 DEFAULT_GLR = "bayes-t0.01-freeze-glr0.2"  # on every task; the default since the ninth pass
+# The default's guide phase of one epoch (GUIDE1's) trained post hoc around each finished LoRA
+# run (train --from-run): its plug-in prediction is LoRA's, so what it adds is the draws'
+# (twelfth pass).
+GUIDED = "lora-guide1"
+GUIDED_OPTIONS = ("--epochs", "1", *COMMON, *_tempered("0.01", "--guide-lr", "0.2"))
+MONTECLORA = (*(n for n in TRAINED if n.startswith(("paper-", "bayes"))), GUIDED)
 # temperature scaling of the default's runs (the plug-in's T and the draws' T_pred fitted
 # apart); every other post-hoc baseline derives from the LoRA runs
 POST_HOC_SOURCES = {"default-temperature": DEFAULT_GLR}
-POST_HOC = ("temperature", "laplace", "checkpoint-ensemble", "deep-ensemble", "default-temperature")
+POST_HOC = (
+    "temperature", "laplace", "checkpoint-ensemble", "deep-ensemble", "default-temperature", GUIDED,
+)  # fmt: skip
 POST_HOC_DIRS = (
     "temperature",
     "default-temperature",
+    GUIDED,
     "laplace",
     *(f"checkpoint-ensemble-m{m}" for m in CHECKPOINT_MEMBERS),
     "deep-ensemble-m3",
@@ -124,7 +132,9 @@ POST_HOC_DIRS = (
 
 CORE = ("lora", "mc-dropout", "bayes-t0.1", "bayes-t0.01")  # LoRA, its cheapest rival, the
 # tempered Bayesian objective at the temperature SST-2 selected and at a tenth of it
-CORE_POST_HOC = ("temperature", "checkpoint-ensemble", "deep-ensemble", "default-temperature")
+CORE_POST_HOC = (
+    "temperature", "checkpoint-ensemble", "deep-ensemble", "default-temperature", GUIDED,
+)  # fmt: skip
 # RTE: T = 0.01 (seed 0 only) gave way to time, the delayed guide (the default) was added;
 # MRPC and CoLA, where T = 0.1 collapsed: the prior at LoRA's initialisation and the delay
 DELAYED = ("bayes-t0.1-delay", "bayes-t0.1-delay-restart")
@@ -187,19 +197,34 @@ def seeds_of(name: str) -> tuple[int, ...]:
     return ENSEMBLE_SEEDS if name == "lora" else SEEDS
 
 
+def data_options(task: str, seed: int) -> list[str]:
+    """A ``train`` command's options up to its epochs: the task's data and the seed."""
+    options = ["--quiet", "train", "--task", task, "--seed", str(seed)]
+    if TASKS[task].max_train_examples is not None:
+        options += ["--max-train-examples", str(TASKS[task].max_train_examples)]
+    return [*options, "--max-length", str(TASKS[task].max_length)]
+
+
 def study_options(task: str, name: str, seed: int) -> list[str]:
     """What a run trains: its ``train`` command's options less where it reads and writes."""
     setting = TASKS[task]
-    options = ["--quiet", "train", "--task", task, "--seed", str(seed)]
-    if setting.max_train_examples is not None:
-        options += ["--max-train-examples", str(setting.max_train_examples)]
     epochs = setting.epochs
     if name in LORA_PHASE:
         method = TRAINED[name]
         delay = float(method[method.index("--guide-delay-ratio") + 1])
         epochs = two_phase_training(epochs, delay)["epochs"]
-    options += ["--max-length", str(setting.max_length), "--epochs", str(epochs)]
-    return [*options, *COMMON, *TRAINED[name]]
+    return [*data_options(task, seed), "--epochs", str(epochs), *COMMON, *TRAINED[name]]
+
+
+def guided_options(task: str, seed: int) -> list[str]:
+    """What a :data:`GUIDED` run trains around the LoRA run of its seed (which it reads)."""
+    return [*data_options(task, seed), *GUIDED_OPTIONS]
+
+
+def train_options(task: str, name: str, seed: int) -> list[str]:
+    """The ``train`` options of a run that trains (a method of :data:`TRAINED`, or
+    :data:`GUIDED`)."""
+    return guided_options(task, seed) if name == GUIDED else study_options(task, name, seed)
 
 
 def train_command(args, task: str, name: str, seed: int) -> list[str]:
@@ -212,12 +237,18 @@ def train_command(args, task: str, name: str, seed: int) -> list[str]:
     return command
 
 
-def post_hoc_commands(root: Path, task: str) -> list[tuple[Path, list[str]]]:
+def post_hoc_commands(
+    root: Path, task: str, data_dir: str | None = None
+) -> list[tuple[Path, list[str]]]:
     """(output run, command) of every post-hoc baseline of a task, from its source runs
-    (:func:`source_of`)."""
+    (:func:`source_of`); ``data_dir`` is where the :data:`GUIDED` runs read their data."""
+    data = [] if data_dir is None else ["--data-dir", data_dir]
     jobs = []
     for seed in SEEDS:
         lora = str(run_dir(root, task, "lora", seed))
+        out = run_dir(root, task, GUIDED, seed)
+        command = ["monteclora", *guided_options(task, seed), "--from-run", lora, *data]
+        jobs.append((out, [*command, "--output-dir", str(out)]))
         for name in ("temperature", "default-temperature"):
             source = run_dir(root, task, source_of(name), seed)
             out = run_dir(root, task, name, seed)
@@ -278,7 +309,7 @@ class Runner:
         return True
 
 
-MOVABLE = ("output_dir", "data_dir")  # where a run lives and reads its data may change
+MOVABLE = ("output_dir", "data_dir", "from_run")  # where a run and what it reads live may change
 RESOLVED = ("target_modules", "modules_to_save")  # None: the backbone's, saved resolved
 
 
@@ -312,7 +343,7 @@ def pending_post_hoc(args, root: Path, task: str, recorded=nothing_recorded) -> 
     ]
     return [
         (out, command)
-        for out, command in post_hoc_commands(root, task)
+        for out, command in post_hoc_commands(root, task, args.data_dir)
         if baseline_of(out) in wanted
         and not (out / runs.METRICS_FILE).is_file()
         and not recorded(task, *_name_seed(out))
@@ -326,15 +357,14 @@ def _name_seed(out: Path) -> tuple[str, int]:
 
 def training_jobs(args, root: Path, task: str, recorded=nothing_recorded) -> list[list[str]]:
     """The training commands of ``task`` still to run: those neither finished here nor
-    ``recorded``, and the source runs (LoRA's, the default's) not here while a post-hoc
-    baseline still needs them.
+    ``recorded``, and the source runs (LoRA's, the default's) not here that a pending post-hoc
+    command reads.
 
     Raises ``SystemExit`` naming every finished run trained with other settings than the
     study's (say after ``TASKS`` changed): move those aside to rerun them; nothing is deleted.
     """
     jobs, stale = [], []
-    pending = pending_post_hoc(args, root, task, recorded)
-    sources = {source_of(baseline_of(out)) for out, _ in pending}
+    read = {arg for _, command in pending_post_hoc(args, root, task, recorded) for arg in command}
     for seed in ENSEMBLE_SEEDS:
         for name in (m for m in TASKS[task].methods if m in args.methods):
             if seed not in seeds_of(name):
@@ -343,7 +373,7 @@ def training_jobs(args, root: Path, task: str, recorded=nothing_recorded) -> lis
             if (out / runs.METRICS_FILE).is_file():
                 if differences := stale_settings(command, runs.read_config(out)):
                     stale.append(f"{out}: {', '.join(differences)}")
-            elif not recorded(task, name, seed) or name in sources:
+            elif not recorded(task, name, seed) or str(out) in read:
                 jobs.append(command)
     if stale:
         raise SystemExit(

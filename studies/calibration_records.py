@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 from calibration import (
+    GUIDED,
     MONTECLORA,
     POST_HOC_DIRS,
     REPORTED,
@@ -29,6 +30,7 @@ from calibration import (
     source_of,
     stale_settings,
     study_options,
+    train_options,
 )
 from calibration_scores import chance_scores, plug_in_scores, relative_width, scores, train_nll
 
@@ -55,10 +57,11 @@ def command_seconds(root: Path) -> dict[str, float]:
 def expected_options(task: str, name: str, seed: int) -> str:
     """The training options a record of ``name`` must carry to be read: its own for a trained
     method, those of the runs it derives from (seed aside; LoRA's, or the default's for
-    ``default-temperature``) for a post-hoc baseline."""
+    ``default-temperature``) for a post-hoc baseline, and :data:`GUIDED`'s own after them."""
     if name in TRAINED:
         return " ".join(study_options(task, name, seed))
-    return " ".join(study_options(task, source_of(name), 0))
+    source = " ".join(study_options(task, source_of(name), 0))
+    return f"{source} | {' '.join(train_options(task, name, 0))}" if name == GUIDED else source
 
 
 def _finite(value: float | None) -> float | None:
@@ -84,14 +87,15 @@ def figures_of(
         held_out = runs.read_predictions(validation_dir)
         validation = _finite_scores(scores(held_out, task))
         chance = _finite_scores(chance_scores(held_out.labels, task))
-    source = run if name in TRAINED else runs.read_metrics(run).get("source")
+    trains = name in (*TRAINED, GUIDED)
+    source = run if trains else runs.read_metrics(run).get("source")
     timing = runs.read_timing(run) or {}
     return {
         "options": expected_options(task, name, seed),
         "dev": _finite_scores(scores(predictions, task)),
         "dev_plug_in": (
             _finite_scores(plug_in_scores(predictions, task))
-            if name in TRAINED and predictions.num_draws > 1
+            if trains and predictions.num_draws > 1
             else None
         ),
         "validation": validation,
@@ -145,8 +149,8 @@ class Records:
         if key not in self._refreshed and (run / runs.METRICS_FILE).is_file():
             self._refreshed.add(key)
             stale = []
-            if name in TRAINED:
-                command = ["monteclora", *study_options(task, name, seed)]
+            if name in (*TRAINED, GUIDED):
+                command = ["monteclora", *train_options(task, name, seed)]
                 stale = stale_settings(command, runs.read_config(run))
             if stale:
                 logger.warning("%s trained with other settings, not read: %s", run, stale)

@@ -68,7 +68,7 @@ def test_tasks_give_sst2_every_method_and_the_other_tasks_the_core():
     assert set(calibration.CORE_POST_HOC) <= set(calibration.POST_HOC)
     assert {"lora", "mc-dropout", "bayes-t0.1"} <= set(calibration.CORE)
     assert set(calibration.CORE) - {"lora", "mc-dropout"} <= set(calibration.MONTECLORA)
-    assert set(calibration.MONTECLORA) <= set(calibration.TRAINED)
+    assert set(calibration.MONTECLORA) <= {*calibration.TRAINED, calibration.GUIDED}
 
 
 def _args(root: Path, **fields) -> Namespace:
@@ -232,7 +232,7 @@ def test_run_study_schedules_the_task_methods_only(tmp_path, recorder):
     (runner,) = recorder
     assert (Path(runner.root), runner.threads) == (root, 3)
     commands = runner.commands
-    trained = [c for c in commands if c[2] == "train"]
+    trained = [c for c in commands if c[2] == "train" and "--from-run" not in c]
     assert sorted(_out_name(c) for c in trained) == sorted(
         ["lora-s0", "lora-s1", "lora-s3", "bayes-t0.1-s0", "bayes-t0.1-s1", "bayes-t0.1-s2"]
     )
@@ -243,7 +243,7 @@ def test_run_study_schedules_the_task_methods_only(tmp_path, recorder):
     assert not any("peft-monteclora" in " ".join(c) for c in commands)
 
     post = commands[len(trained) :]  # every training before any post-hoc baseline
-    assert all(c[2] != "train" for c in post)
+    assert all(_out_name(c).rsplit("-s", 1)[0] in calibration.POST_HOC_DIRS for c in post)
     assert not any("laplace" in c for c in commands)
     expected = {
         out.name: command
@@ -256,9 +256,10 @@ def test_run_study_schedules_the_task_methods_only(tmp_path, recorder):
         + [f"checkpoint-ensemble-m{m}-s{s}" for m in (2, 3) for s in (0, 1, 2)]
         + [f"deep-ensemble-m3-s{s}" for s in range(4)]
         + ["deep-ensemble-m4-s0"]
+        + [f"{calibration.GUIDED}-s{s}" for s in (0, 1, 2)]  # LoRA's guide, trained post hoc
     )
     assert sorted(post) == sorted(expected.values())
-    assert {c[1] for c in post} == {"calibrate", "checkpoint-ensemble", "ensemble"}
+    assert {c[1] for c in post} == {"calibrate", "checkpoint-ensemble", "ensemble", "--quiet"}
 
     assert not half_ensemble.exists()  # the fake runner wrote nothing back
     assert runs.is_run(stale_laplace)
@@ -369,8 +370,8 @@ def write_run(
     eval_seconds: float = 10.0,
 ) -> Path:
     run = calibration.run_dir(root, task, name, seed)
-    if name in calibration.TRAINED:  # what the study trains: read, not refused as stale
-        options = calibration.study_options(task, name, seed)
+    if name in (*calibration.TRAINED, calibration.GUIDED):  # trained: not refused as stale
+        options = calibration.train_options(task, name, seed)
         train, model = configs(build_parser().parse_args([*options, "--output-dir", str(run)]))
         runs.write_config(run, dataclasses.asdict(train), model.to_dict())
     else:
@@ -849,13 +850,19 @@ def test_run_study_skips_recorded_runs_but_retrains_lora_for_a_pending_baseline(
     calibration.run_study(args, recorded)
     assert recorder[-1].commands == []  # all recorded: nothing to do
 
-    done.discard(("temperature", 1))  # one baseline to redo: it needs the LoRA runs here
+    done.discard(("temperature", 1))  # one baseline to redo: it needs its LoRA run here
+    calibration.run_study(args, recorded)
+    commands = recorder[-1].commands
+    assert [_out_name(c) for c in commands if c[2] == "train"] == ["lora-s1"]  # that one only
+    assert [_out_name(c) for c in commands if c[1] == "calibrate"] == ["temperature-s1"]
     _finished(calibration.run_dir(root, "mrpc", "lora", 2))
+    done |= {("deep-ensemble-m3", s) for s in (1, 2, 3)} | {("deep-ensemble-m4", 0)}
+    # the pending ensemble of three leaves seed 0 out: it reads s1, s2 (here) and s3
+    args.post_hoc = ["temperature", "deep-ensemble"]
     calibration.run_study(args, recorded)
     commands = recorder[-1].commands
     trained = sorted(_out_name(c) for c in commands if c[2] == "train")
-    assert trained == ["lora-s0", "lora-s1", "lora-s3"]
-    assert [_out_name(c) for c in commands if c[1] == "calibrate"] == ["temperature-s1"]
+    assert trained == ["lora-s1", "lora-s3"]
 
 
 def test_record_only_records_every_finished_run_and_keeps_older_records(study, tmp_path):
@@ -926,9 +933,9 @@ def test_the_default_is_temperature_scaled_from_its_own_runs(tmp_path, recorder)
     args = _args(root, tasks=["mrpc"], methods=["lora", glr], post_hoc=post_hoc)
     calibration.run_study(args, recorded)
     commands = recorder[-1].commands
-    # the default's runs are its source: retrained here, LoRA's are not needed
+    # the default's run of that seed is its source: retrained here, LoRA's are not needed
     trained = sorted(_out_name(c) for c in commands if c[2] == "train")
-    assert trained == [f"{glr}-s{s}" for s in calibration.SEEDS]
+    assert trained == [f"{glr}-s1"]
     source = calibration.run_dir(root, "mrpc", glr, 1)
     out = calibration.run_dir(root, "mrpc", "default-temperature", 1)
     calibrated = [c for c in commands if c[1] == "calibrate"]
@@ -965,3 +972,54 @@ def test_the_default_temperature_row_costs_the_default_plus_the_fit(tmp_path):
     assert row["train_time"] == pytest.approx((glr_train + np.mean(fits)) / lora_train)
     assert row["seeds"] == 3 and math.isnan(row["eval_time"])
     assert results.row("temperature") is None  # LoRA's own baseline did not run
+
+
+def test_the_guided_runs_train_guide1s_guide_phase_around_the_lora_run_of_their_seed(tmp_path):
+    """lora-guide1 is GUIDE1 with its LoRA phase replaced by the LoRA run itself: the same
+    model and guide settings, one epoch of the guide alone, read from ``--from-run``."""
+    parser, guided = build_parser(), calibration.GUIDED
+    for task in calibration.REPORTED:
+        assert guided in calibration.TASKS[task].post_hoc
+        jobs = dict(calibration.post_hoc_commands(tmp_path, task, "/glue"))
+        for seed in calibration.SEEDS:
+            command = jobs[calibration.run_dir(tmp_path, task, guided, seed)]
+            lora = calibration.run_dir(tmp_path, task, "lora", seed)
+            train, model = configs(parser.parse_args(command[1:]))
+            assert (train.from_run, train.data_dir) == (str(lora), "/glue")
+            one_epoch = calibration.train_command(_args(tmp_path), task, calibration.GUIDE1, seed)
+            train1, model1 = configs(parser.parse_args(one_epoch[1:]))
+            assert model == model1 == MonteCLoRAConfig.uncertainty()
+            phases = ("guide_delay_ratio", "guide_lr_restart", "freeze_adapter_after_delay")
+            assert {f: getattr(train1, f) for f in phases} == {
+                "guide_delay_ratio": calibration.ONE_GUIDE_EPOCH,
+                "guide_lr_restart": True,
+                "freeze_adapter_after_delay": True,
+            }
+            assert train.epochs == train1.epochs - calibration.TASKS[task].epochs == 1
+            unchanged = {"epochs", "from_run", "data_dir", "output_dir", *phases}
+            for field in dataclasses.fields(train):
+                if field.name not in unchanged:
+                    assert getattr(train, field.name) == getattr(train1, field.name), field.name
+    assert expected_options("mrpc", guided, 2) == " ".join(
+        [*calibration.study_options("mrpc", "lora", 0), "|", *calibration.guided_options("mrpc", 0)]
+    )
+
+
+def test_the_guided_row_costs_lora_plus_the_guides_training_and_shows_what_draws_add(tmp_path):
+    guided = calibration.GUIDED
+    log = []
+    for seed in range(4):
+        predictions = make_predictions(N_DEV, 150, 0.8, seed=seed)
+        write_run(tmp_path, "mrpc", "lora", seed, predictions, predictions, 100.0 + 10 * seed)
+    for seed in calibration.SEEDS:
+        predictions = make_predictions(N_DEV, 150, 0.8, draws=2, seed=seed)
+        run = write_run(tmp_path, "mrpc", guided, seed, predictions, predictions, 30.0 + seed)
+        log.append(f"monteclora --quiet train x --output-dir {run}  # rc=0 {90 + seed}s")
+    (tmp_path / "commands.log").write_text("\n".join(log) + "\n")
+    results = results_of(tmp_path, "mrpc")
+    row = results.row(guided)
+    lora_train = np.mean([100, 110, 120, 130])
+    assert row["train_time"] == pytest.approx((lora_train + 31.0) / lora_train)  # not the 91 s
+    assert row["seeds"] == 3
+    assert results.plug_in_row(guided, guided)["seeds"] == 3
+    assert guided in [r["setting"] for r in results.select_monteclora()[1]]
