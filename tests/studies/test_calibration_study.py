@@ -954,12 +954,17 @@ def test_the_default_is_temperature_scaled_from_its_own_runs(tmp_path, recorder)
     )
 
 
-def test_the_default_temperature_row_costs_the_default_plus_the_fit(tmp_path):
-    glr, fits = calibration.DEFAULT_GLR, (4.0, 6.0, 8.0)
-    log = []
+def _lora_runs(root: Path, task: str) -> float:
+    """Write LoRA's four runs of ``task``, trained in 100, 110, 120 and 130 s; their mean."""
     for seed in range(4):
         predictions = make_predictions(N_DEV, 150, 0.8, seed=seed)
-        write_run(tmp_path, "mrpc", "lora", seed, predictions, predictions, 100.0 + 10 * seed)
+        write_run(root, task, "lora", seed, predictions, predictions, 100.0 + 10 * seed)
+    return 115.0
+
+
+def test_the_default_temperature_row_costs_the_default_plus_the_fit(tmp_path):
+    glr, fits = calibration.DEFAULT_GLR, (4.0, 6.0, 8.0)
+    log, lora_train = [], _lora_runs(tmp_path, "mrpc")
     for seed in calibration.SEEDS:
         predictions = make_predictions(N_DEV, 150, 0.8, draws=2, seed=seed)
         write_run(tmp_path, "mrpc", glr, seed, predictions, predictions, 200.0 + 20 * seed)
@@ -968,7 +973,7 @@ def test_the_default_temperature_row_costs_the_default_plus_the_fit(tmp_path):
     (tmp_path / "commands.log").write_text("\n".join(log) + "\n")
     results = results_of(tmp_path, "mrpc")
     row = results.row("default-temperature", "scaled")
-    lora_train, glr_train = np.mean([100, 110, 120, 130]), np.mean([200, 220, 240])
+    glr_train = np.mean([200, 220, 240])
     assert row["train_time"] == pytest.approx((glr_train + np.mean(fits)) / lora_train)
     assert row["seeds"] == 3 and math.isnan(row["eval_time"])
     assert results.row("temperature") is None  # LoRA's own baseline did not run
@@ -1007,10 +1012,7 @@ def test_the_guided_runs_train_guide1s_guide_phase_around_the_lora_run_of_their_
 
 def test_the_guided_row_costs_lora_plus_the_guides_training_and_shows_what_draws_add(tmp_path):
     guided = calibration.GUIDED
-    log = []
-    for seed in range(4):
-        predictions = make_predictions(N_DEV, 150, 0.8, seed=seed)
-        write_run(tmp_path, "mrpc", "lora", seed, predictions, predictions, 100.0 + 10 * seed)
+    log, lora_train = [], _lora_runs(tmp_path, "mrpc")
     for seed in calibration.SEEDS:
         predictions = make_predictions(N_DEV, 150, 0.8, draws=2, seed=seed)
         run = write_run(tmp_path, "mrpc", guided, seed, predictions, predictions, 30.0 + seed)
@@ -1018,7 +1020,6 @@ def test_the_guided_row_costs_lora_plus_the_guides_training_and_shows_what_draws
     (tmp_path / "commands.log").write_text("\n".join(log) + "\n")
     results = results_of(tmp_path, "mrpc")
     row = results.row(guided)
-    lora_train = np.mean([100, 110, 120, 130])
     assert row["train_time"] == pytest.approx((lora_train + 31.0) / lora_train)  # not the 91 s
     assert row["seeds"] == 3
     assert results.plug_in_row(guided, guided)["seeds"] == 3
