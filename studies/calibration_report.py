@@ -61,7 +61,7 @@ class TaskResults:
         return float(np.mean(values)) if values else math.nan
 
     def timing(self, name: str) -> tuple[float, float]:
-        """Mean training and evaluation seconds of a trained method."""
+        """Mean training and evaluation seconds of a trained method (or of :data:`GUIDED`)."""
         found = [f for f in self.figures(name, ENSEMBLE_SEEDS) if f["train_seconds"] is not None]
         if not found:
             return math.nan, math.nan
@@ -80,9 +80,11 @@ class TaskResults:
             m = int(members.group(1))
             deep = name.startswith("deep")
             return (float(m) if deep else 1.0), float(m)
-        spent = "train_seconds" if name == GUIDED else "command_seconds"  # a fit's wall time
-        fits = [number(f[spent]) for f in self.figures(name)]
         source_train = self.timing(source_of(name))[0]
+        if name == GUIDED:  # a training run: its steps' and its evaluation's wall times
+            train, evaluation = self.timing(name)
+            return (source_train + train) / lora_train, evaluation / lora_eval
+        fits = [number(f["command_seconds"]) for f in self.figures(name)]
         return (source_train + float(np.mean(fits))) / lora_train, math.nan
 
     def row(self, name: str, label: str | None = None) -> dict | None:

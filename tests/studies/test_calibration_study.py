@@ -1015,12 +1015,13 @@ def test_the_guided_row_costs_lora_plus_the_guides_training_and_shows_what_draws
     log, lora_train = [], _lora_runs(tmp_path, "mrpc")
     for seed in calibration.SEEDS:
         predictions = make_predictions(N_DEV, 150, 0.8, draws=2, seed=seed)
-        run = write_run(tmp_path, "mrpc", guided, seed, predictions, predictions, 30.0 + seed)
+        run = write_run(tmp_path, "mrpc", guided, seed, predictions, predictions, 30.0 + seed, 50.0)
         log.append(f"monteclora --quiet train x --output-dir {run}  # rc=0 {90 + seed}s")
     (tmp_path / "commands.log").write_text("\n".join(log) + "\n")
     results = results_of(tmp_path, "mrpc")
     row = results.row(guided)
     assert row["train_time"] == pytest.approx((lora_train + 31.0) / lora_train)  # not the 91 s
+    assert row["eval_time"] == pytest.approx(50.0 / 10.0)  # its own evaluation's, against LoRA's
     assert row["seeds"] == 3
     assert results.plug_in_row(guided, guided)["seeds"] == 3
     assert guided in [r["setting"] for r in results.select_monteclora()[1]]
