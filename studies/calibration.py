@@ -248,7 +248,8 @@ def post_hoc_commands(
         lora = str(run_dir(root, task, "lora", seed))
         out = run_dir(root, task, GUIDED, seed)
         command = ["monteclora", *guided_options(task, seed), "--from-run", lora, *data]
-        jobs.append((out, [*command, "--output-dir", str(out)]))
+        resume = ["--resume"] if runs.is_run(out) else []  # a training run: from its checkpoint
+        jobs.append((out, [*command, *resume, "--output-dir", str(out)]))
         for name in ("temperature", "default-temperature"):
             source = run_dir(root, task, source_of(name), seed)
             out = run_dir(root, task, name, seed)
@@ -385,7 +386,8 @@ def training_jobs(args, root: Path, task: str, recorded=nothing_recorded) -> lis
 
 def post_hoc_jobs(args, root: Path, task: str, recorded=nothing_recorded) -> list[list[str]]:
     """The post-hoc and shifted-domain commands of ``task`` still to run, once its training
-    is done; a post-hoc output cut off before its metrics is removed, to be redone."""
+    is done; a post-hoc output cut off before its metrics is removed, to be redone (a
+    :data:`GUIDED` run resumes from its checkpoint instead)."""
     post = pending_post_hoc(args, root, task, recorded)
     if task == "movie-reviews":
         methods = [m for m in TASKS[task].methods if m in args.methods]
@@ -395,7 +397,8 @@ def post_hoc_jobs(args, root: Path, task: str, recorded=nothing_recorded) -> lis
             if not (out / runs.METRICS_FILE).is_file()
         ]
     for out, _ in post:
-        if runs.is_run(out) and out.name.split("-s")[0] in POST_HOC_DIRS:
+        name = out.name.split("-s")[0]
+        if runs.is_run(out) and name in POST_HOC_DIRS and name != GUIDED:
             shutil.rmtree(out)
     return [command for _, command in post]
 

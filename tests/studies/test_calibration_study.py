@@ -225,6 +225,8 @@ def test_run_study_schedules_the_task_methods_only(tmp_path, recorder):
     _interrupted(half_ensemble)  # a post-hoc output cut off: removed, then redone
     stale_laplace = calibration.run_dir(root, task, "laplace", 0)
     _interrupted(stale_laplace)  # not one of MRPC's baselines: left alone
+    half_guide = calibration.run_dir(root, task, calibration.GUIDED, 1)
+    _interrupted(half_guide)  # a training run: resumed from its checkpoint, not removed
     args = _args(root, tasks=[task], methods=["lora", "bayes-t0.1", "peft-monteclora"])
 
     calibration.run_study(args)
@@ -262,6 +264,10 @@ def test_run_study_schedules_the_task_methods_only(tmp_path, recorder):
     assert {c[1] for c in post} == {"calibrate", "checkpoint-ensemble", "ensemble", "--quiet"}
 
     assert not half_ensemble.exists()  # the fake runner wrote nothing back
+    assert runs.is_run(half_guide)
+    guided = {_out_name(c): c for c in post if "--from-run" in c}
+    assert [n for n, c in guided.items() if "--resume" in c] == [half_guide.name]
+    assert guided[half_guide.name][-3:] == ["--resume", "--output-dir", str(half_guide)]
     assert runs.is_run(stale_laplace)
     assert runs.is_run(calibration.run_dir(root, task, "bayes-t0.1", 1))
     assert (root / task / "lora-s2" / runs.METRICS_FILE).is_file()
