@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pyro
 import pytest
 import torch
@@ -194,3 +196,27 @@ def toy_config(toy_assets, out, **overrides):
         "output_dir": str(out),
     }
     return TrainConfig(**{**options, **overrides})
+
+
+class Interrupted(Exception):
+    """A training run killed on purpose by :func:`dies_at_step`."""
+
+
+@contextlib.contextmanager
+def dies_at_step(step: int):
+    """Within the block, the ``step``-th loss of a Pyro method raises :class:`Interrupted`,
+    which the block must raise (a run killed mid-training, to be resumed)."""
+    import monteclora_pyro.training.methods as methods
+
+    original, calls = methods.elbo_terms, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise Interrupted
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(methods, "elbo_terms", dying)
+        with pytest.raises(Interrupted):
+            yield

@@ -12,9 +12,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import task_words, tiny_causal_lm, word_tokenizer
+from conftest import dies_at_step, task_words, tiny_causal_lm, word_tokenizer
 
-import monteclora_pyro.training.methods as training
 from monteclora_pyro import backbones
 from monteclora_pyro.analysis.inference_data import to_inference_data
 from monteclora_pyro.cli import main
@@ -296,33 +295,16 @@ def test_next_token_run_learns_writes_its_files_and_reloads(learnable_dir, token
     assert {p.name for p in written.iterdir()} == {"metrics.json"}
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def test_killed_and_resumed_next_token_run_equals_uninterrupted(
-    learnable_dir, tmp_path, monkeypatch
-):
+def test_killed_and_resumed_next_token_run_equals_uninterrupted(learnable_dir, tmp_path):
     cfg = MonteCLoRAConfig(r=4)
     options = {"max_steps": 8, "checkpoint_every": 3}
     reference = train(
         instruct_config(learnable_dir, tmp_path / "ref", **options), cfg, progress=False
     )
-    original = training.elbo_terms
-    calls = {"n": 0}
-
-    def dies_at_step_7(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise _Interrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(training, "elbo_terms", dies_at_step_7)
     out = tmp_path / "resumed"
-    with pytest.raises(_Interrupt):
+    with dies_at_step(7):
         train(instruct_config(learnable_dir, out, **options), cfg, progress=False)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 6
-    monkeypatch.setattr(training, "elbo_terms", original)
     resumed = train(
         instruct_config(learnable_dir, out, **options), cfg, resume=True, progress=False
     )

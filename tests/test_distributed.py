@@ -38,10 +38,9 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from conftest import tiny_hf_model, token_batch, write_tiny_backbone, write_toy_sst2
+from conftest import dies_at_step, tiny_hf_model, token_batch, write_tiny_backbone, write_toy_sst2
 from safetensors.torch import load_file
 
-import monteclora_pyro.training.methods as training
 from monteclora_pyro import MonteCLoRAConfig
 from monteclora_pyro.training import TrainConfig, build_method, train
 from monteclora_pyro.training.distributed import (
@@ -269,13 +268,9 @@ def _assert_same_run(ref, run) -> None:
         assert value <= TOLERANCES[group], (group, value, TOLERANCES[group])
 
 
-class _Interrupt(Exception):
-    pass
-
-
 @pytest.mark.skipif(not HAS_ACCELERATE, reason="needs the 'distributed' extra (accelerate)")
 @pytest.mark.parametrize("threads", [1, 2])
-def test_two_processes_equal_one_fresh_and_resumed(tmp_path, monkeypatch, threads):
+def test_two_processes_equal_one_fresh_and_resumed(tmp_path, threads):
     """``accelerate launch`` with 2 gloo processes on the CPU.
 
     One launch runs the CLI twice: a fresh run, and the resumption (at step 3, mid-epoch) of a
@@ -292,22 +287,12 @@ def test_two_processes_equal_one_fresh_and_resumed(tmp_path, monkeypatch, thread
     )
 
     resumed = tmp_path / "resumed"
-    original, calls = training.elbo_terms, {"n": 0}
-
-    def dies_at_step_4(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise _Interrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(training, "elbo_terms", dies_at_step_4)
-    with pytest.raises(_Interrupt):
+    with dies_at_step(4):
         train(
             TrainConfig(**{**vars(config), "output_dir": str(resumed)}),
             MonteCLoRAConfig(r=4),
             progress=False,
         )
-    monkeypatch.setattr(training, "elbo_terms", original)
     assert torch.load(resumed / "checkpoint.pt", weights_only=True)["step"] == 3
 
     two = tmp_path / "two"

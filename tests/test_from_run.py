@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import dies_at_step
 from safetensors.torch import load_file
 
 from monteclora_pyro import MonteCLoRAConfig, MonteCLoRAGuide, runs
@@ -110,24 +111,12 @@ def test_from_run_is_refused_with_from_peft_and_for_a_peft_run(tmp_path):
 
 def test_an_interrupted_guide_resumes_to_the_uninterrupted_runs_guide(lora_run, tmp_path):
     """Bit-identical on one machine and thread count: the source is read again on resume."""
-    import monteclora_pyro.training.methods as methods
-
     common, run = lora_run
     start = [*common, *GUIDE, "--seed", "3", "--from-run", str(run), "--checkpoint-every", "1"]
     reference, out = tmp_path / "reference", tmp_path / "resumed"
     assert main([*start, "--output-dir", str(reference)]) == 0
-    original, calls = methods.elbo_terms, {"n": 0}
-
-    def dies_at_step_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(methods, "elbo_terms", dies_at_step_3)
-        with pytest.raises(KeyboardInterrupt):
-            main([*start, "--output-dir", str(out)])
+    with dies_at_step(3):
+        main([*start, "--output-dir", str(out)])
     assert not (out / "metrics.json").exists()
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
     assert main([*start, "--output-dir", str(out), "--resume"]) == 0

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import toy_config
+from conftest import dies_at_step, toy_config
 
-import monteclora_pyro.training.methods as training
 from monteclora_pyro import MonteCLoRAConfig, metrics, runs
 from monteclora_pyro.cli import main
 from monteclora_pyro.experiments.temperature import (
@@ -24,10 +23,6 @@ def _config(toy_assets, out, **overrides) -> TrainConfig:
 
 def _rows(dataset) -> list[tuple]:
     return [(tuple(r["input_ids"]), int(r["labels"])) for r in dataset]
-
-
-class _Interrupt(Exception):
-    pass
 
 
 def test_validation_fraction_is_checked():
@@ -60,23 +55,12 @@ def test_the_carved_split_is_seeded_disjoint_and_stored(toy_assets, tmp_path):
     )
 
 
-def test_a_killed_and_resumed_run_keeps_its_split(toy_assets, tmp_path, monkeypatch):
+def test_a_killed_and_resumed_run_keeps_its_split(toy_assets, tmp_path):
     cfg = _config(toy_assets, tmp_path / "run", checkpoint_every=2)
     held = Trainer(cfg).validation_indices
-    original = training.elbo_terms
-    calls = {"n": 0}
-
-    def dies_at_step_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise _Interrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(training, "elbo_terms", dies_at_step_3)
-    with pytest.raises(_Interrupt):
+    with dies_at_step(3):
         train(cfg, MonteCLoRAConfig(r=4), progress=False)
     np.testing.assert_array_equal(runs.read_validation_split(cfg.output_dir), held)
-    monkeypatch.setattr(training, "elbo_terms", original)
     saved = train(cfg, MonteCLoRAConfig(r=4), resume=True, progress=False)
     assert saved["steps"] == 6 and saved["num_train_examples"] == 96
     assert runs.read_metrics(cfg.output_dir)["num_train_examples"] == 96

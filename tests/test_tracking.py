@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import dies_at_step
 
 from monteclora_pyro import MonteCLoRAConfig
 from monteclora_pyro.cli import main
@@ -151,30 +152,14 @@ def test_report_to_is_validated(monkeypatch, capsys):
         assert requirement in str(err.value)
 
 
-class _Interrupt(Exception):
-    pass
-
-
-def test_resumed_run_replaces_the_figures_it_repeats(toy_assets, tmp_path, monkeypatch):
+def test_resumed_run_replaces_the_figures_it_repeats(toy_assets, tmp_path):
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    import monteclora_pyro.training.methods as methods
-
-    original, calls = methods.elbo_terms, {"n": 0}
-
-    def dies_at_step_5(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise _Interrupt
-        return original(*args, **kwargs)
-
     out = tmp_path / "resumed"
     config = _config(toy_assets, out, report_to="tensorboard", checkpoint_every=2)
-    monkeypatch.setattr(methods, "elbo_terms", dies_at_step_5)
-    with pytest.raises(_Interrupt):
+    with dies_at_step(5):
         train(config, MonteCLoRAConfig(r=4), progress=False)
-    monkeypatch.setattr(methods, "elbo_terms", original)
     train(config, MonteCLoRAConfig(r=4), resume=True, progress=False)  # from step 3
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
     events.Reload()

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import toy_config
+from conftest import dies_at_step, toy_config
 
 import monteclora_pyro.training.methods as training
 from monteclora_pyro import LoRAGuide, MonteCLoRAConfig, MonteCLoRAGuide
@@ -87,12 +87,8 @@ def test_training_learns_writes_every_file_and_reloads(toy_assets, tmp_path, met
     np.testing.assert_allclose(reloaded.draw_probs, predictions.draw_probs, atol=1e-6)
 
 
-class _Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("threads", [1, 2])
-def test_killed_and_resumed_run_equals_uninterrupted(toy_assets, tmp_path, monkeypatch, threads):
+def test_killed_and_resumed_run_equals_uninterrupted(toy_assets, tmp_path, threads):
     """Bit-identical on one machine and thread count, whichever that is."""
     torch.set_num_threads(threads)  # the fixture restores it
     overrides = {"epochs": 3, "checkpoint_every": 3}
@@ -100,23 +96,12 @@ def test_killed_and_resumed_run_equals_uninterrupted(toy_assets, tmp_path, monke
         _config(toy_assets, tmp_path / "ref", **overrides), MonteCLoRAConfig(r=4), progress=False
     )
 
-    original = training.elbo_terms
-    calls = {"n": 0}
-
-    def dies_at_step_8(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise _Interrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(training, "elbo_terms", dies_at_step_8)
     out = tmp_path / "resumed"
-    with pytest.raises(_Interrupt):
+    with dies_at_step(8):
         train(_config(toy_assets, out, **overrides), MonteCLoRAConfig(r=4), progress=False)
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == 6  # the last checkpoint before step 8 (steps 3 and 6)
     assert len(_history(out)) == 7
-    monkeypatch.setattr(training, "elbo_terms", original)
     resumed = train(
         _config(toy_assets, out, **overrides), MonteCLoRAConfig(r=4), resume=True, progress=False
     )
@@ -246,23 +231,12 @@ def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(toy_a
     assert not out.exists()
 
 
-def test_the_device_may_change_on_resume(toy_assets, tmp_path, monkeypatch):
+def test_the_device_may_change_on_resume(toy_assets, tmp_path):
     """A checkpoint written on another device resumes here: the device is not compared."""
-    original = training.elbo_terms
-    calls = {"n": 0}
-
-    def dies_at_step_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise _Interrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(training, "elbo_terms", dies_at_step_3)
     out = tmp_path / "run"
     cfg = _config(toy_assets, out, max_steps=4, checkpoint_every=2)
-    with pytest.raises(_Interrupt):
+    with dies_at_step(3):
         train(cfg, MonteCLoRAConfig(r=4), progress=False)
-    monkeypatch.setattr(training, "elbo_terms", original)
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["step"] == 2
     checkpoint["train_config"]["device"] = "cuda"
