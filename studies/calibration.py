@@ -113,6 +113,7 @@ DEFAULT_GLR = "bayes-t0.01-freeze-glr0.2"  # on every task; the default since th
 GUIDED = "lora-guide1"
 GUIDED_OPTIONS = ("--epochs", "1", *COMMON, *_tempered("0.01", "--guide-lr", "0.2"))
 MONTECLORA = (*(n for n in TRAINED if n.startswith(("paper-", "bayes"))), GUIDED)
+TRAINS = (*TRAINED, GUIDED)  # the runs a train command makes (train_options)
 # temperature scaling of the default's runs (the plug-in's T and the draws' T_pred fitted
 # apart); every other post-hoc baseline derives from the LoRA runs
 POST_HOC_SOURCES = {"default-temperature": DEFAULT_GLR}
@@ -222,8 +223,7 @@ def guided_options(task: str, seed: int) -> list[str]:
 
 
 def train_options(task: str, name: str, seed: int) -> list[str]:
-    """The ``train`` options of a run that trains (a method of :data:`TRAINED`, or
-    :data:`GUIDED`)."""
+    """The ``train`` options of a run of :data:`TRAINS`."""
     return guided_options(task, seed) if name == GUIDED else study_options(task, name, seed)
 
 

@@ -26,6 +26,7 @@ from calibration import (
     POST_HOC_DIRS,
     REPORTED,
     TRAINED,
+    TRAINS,
     run_dir,
     source_of,
     stale_settings,
@@ -87,7 +88,7 @@ def figures_of(
         held_out = runs.read_predictions(validation_dir)
         validation = _finite_scores(scores(held_out, task))
         chance = _finite_scores(chance_scores(held_out.labels, task))
-    trains = name in (*TRAINED, GUIDED)
+    trains = name in TRAINS
     source = run if trains else runs.read_metrics(run).get("source")
     timing = runs.read_timing(run) or {}
     return {
@@ -149,7 +150,7 @@ class Records:
         if key not in self._refreshed and (run / runs.METRICS_FILE).is_file():
             self._refreshed.add(key)
             stale = []
-            if name in (*TRAINED, GUIDED):
+            if name in TRAINS:
                 command = ["monteclora", *train_options(task, name, seed)]
                 stale = stale_settings(command, runs.read_config(run))
             if stale:
