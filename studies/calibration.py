@@ -175,7 +175,7 @@ TASKS = {
 }
 
 REPORTED = tuple(t for t in TASKS if t != "movie-reviews")  # a table each; movie reviews feed
-# the shifted-domain section, which reads the run directories only
+# the shifted-domain section
 
 
 def run_dir(root: Path, task: str, name: str, seed: int) -> Path:
@@ -391,10 +391,11 @@ def post_hoc_jobs(args, root: Path, task: str, recorded=nothing_recorded) -> lis
     post = pending_post_hoc(args, root, task, recorded)
     if task == "movie-reviews":
         methods = [m for m in TASKS[task].methods if m in args.methods]
-        post += [
+        post += [  # of the runs here: a run recorded elsewhere and not retrained is not
             (out, command)
             for out, command in shifted_commands(methods, root, task)
             if not (out / runs.METRICS_FILE).is_file()
+            and (out.parents[1] / runs.METRICS_FILE).is_file()  # the run it evaluates
         ]
     for out, _ in post:
         name = out.name.split("-s")[0]

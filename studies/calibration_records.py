@@ -3,7 +3,9 @@
 ``docs/calibration/records.json`` holds, per run (``TASK/NAME-sSEED``), what the report takes
 from its directory: the scores of its posterior predictive on the reported and the validation
 split (and of its plug-in prediction at the posterior mean on the reported one), its training
-NLL, the width of its q(A), its times and the options it was trained with.
+NLL, the width of its q(A), its times (with those of the LoRA runs timed beside it, the
+reference of its cost) and the options it was trained with; a movie-review
+run's also its figures on each shifted domain (``calibration_shifted.py``).
 ``docs/calibration/reliability.npz`` holds the seed-0 predictive probabilities the reliability
 diagrams draw. With both committed, ``--report-only`` regenerates the report on a machine where
 ``runs/`` is gone, and a study can be continued there: a recorded run is not trained again.
@@ -21,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 from calibration import (
+    ENSEMBLE_SEEDS,
     GUIDED,
     MONTECLORA,
     POST_HOC_DIRS,
     REPORTED,
+    SHIFTED,
     TRAINED,
     TRAINS,
     run_dir,
@@ -34,6 +38,7 @@ from calibration import (
     train_options,
 )
 from calibration_scores import chance_scores, plug_in_scores, relative_width, scores, train_nll
+from calibration_shifted import ROWS, TASK, shifted_figures
 
 from monteclora_pyro import runs
 from monteclora_pyro.files import atomic_write_text
@@ -78,10 +83,28 @@ def number(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
+TIMES = ("train_seconds", "eval_seconds")
+
+
+def lora_seconds(root: Path, task: str) -> dict[str, float] | None:
+    """Mean training and evaluation seconds of the LoRA runs of ``task`` under ``root``: the
+    reference a run timed beside them (same machine, same load) is costed against."""
+    found = [runs.read_timing(run_dir(root, task, "lora", s)) for s in ENSEMBLE_SEEDS]
+    found = [t for t in found if t]
+    return {k: float(np.mean([t[k] for t in found])) for k in TIMES} if found else None
+
+
 def figures_of(
-    run: Path, predictions, task: str, name: str, seed: int, seconds: float | None
+    run: Path,
+    predictions,
+    task: str,
+    name: str,
+    seed: int,
+    seconds: float | None,
+    reference: dict[str, float] | None = None,
 ) -> dict:
-    """The record of the finished ``run`` and its ``predictions`` on the reported split."""
+    """The record of the finished ``run`` and its ``predictions`` on the reported split;
+    ``reference``: :func:`lora_seconds` where it was timed."""
     validation_dir = runs.evaluation_dir(run, task, runs.VALIDATION_SPLIT)
     validation = chance = None
     if runs.has_predictions(validation_dir):
@@ -106,6 +129,7 @@ def figures_of(
         "train_seconds": timing.get("train_seconds"),
         "eval_seconds": timing.get("eval_seconds"),
         "command_seconds": seconds,
+        "lora_seconds": reference,
     }
 
 
@@ -139,9 +163,13 @@ class Records:
         return f"{task}/{name}-s{seed}"
 
     def recorded(self, task: str, name: str, seed: int) -> bool:
-        """Whether a run of a reported task has a record :meth:`get` reads (the study's
-        predicate for a step done elsewhere)."""
-        return task in REPORTED and self.get(task, name, seed) is not None
+        """Whether a run has a record :meth:`get` reads, with, for a movie-review row of the
+        shifted-domain section, its figures on every shifted domain (the study's predicate
+        for a step done elsewhere)."""
+        found = self.get(task, name, seed) if task in (*REPORTED, TASK) else None
+        if found is None or task in REPORTED or name not in ROWS:
+            return found is not None
+        return set(found.get("shifted", {})) == set(SHIFTED)
 
     def get(self, task: str, name: str, seed: int) -> dict | None:
         """The figures of a run: recomputed from its directory when present (and trained with
@@ -159,8 +187,16 @@ class Records:
             else:
                 predictions = runs.read_predictions(run)
                 seconds = self.seconds.get(str(run))
-                self.figures[key] = figures_of(run, predictions, task, name, seed, seconds)
-                if seed == 0:
+                reference = lora_seconds(self.root, task)
+                self.figures[key] = figures_of(
+                    run, predictions, task, name, seed, seconds, reference
+                )
+                if task == TASK:
+                    shifted = shifted_figures(self.root, name, seed)
+                    self.figures[key]["shifted"] = {
+                        domain: _finite_scores(found) for domain, found in shifted.items()
+                    }
+                elif seed == 0:
                     self.probs[f"{key}/probs"] = np.asarray(predictions.predictive_probs)
                     self.probs[f"{key}/labels"] = np.asarray(predictions.labels)
         found = self.figures.get(key)
@@ -182,15 +218,15 @@ class Records:
         return self.probs[f"{key}/probs"], self.probs[f"{key}/labels"]
 
     def record_present(self) -> int:
-        """Record every finished run of a reported task under ``root``, with its seed-0
-        probabilities, as the report would; the number recorded."""
+        """Record every finished run of a reported task or of movie reviews under ``root``,
+        with its seed-0 probabilities, as the report would; the number recorded."""
         count = 0
-        for task in REPORTED:
+        for task in (*REPORTED, TASK):
             for run in sorted((self.root / task).glob("*-s[0-9]*")):
                 name, seed = run.name.rsplit("-s", 1)
                 if name in (*TRAINED, *POST_HOC_DIRS) and seed.isdigit():
                     count += self.get(task, name, int(seed)) is not None
-                    if int(seed) == 0:
+                    if int(seed) == 0 and task != TASK:
                         self.seed_probs(task, name)
         return count
 

@@ -60,32 +60,34 @@ class TaskResults:
         values = [number(v[key]) for v in self.validation(name)]
         return float(np.mean(values)) if values else math.nan
 
-    def timing(self, name: str) -> tuple[float, float]:
-        """Mean training and evaluation seconds of a trained method (or of :data:`GUIDED`)."""
-        found = [f for f in self.figures(name, ENSEMBLE_SEEDS) if f["train_seconds"] is not None]
+    def ratio(self, name: str, key: str, against: str | None = None) -> float:
+        """Mean ``key`` of ``name``'s runs (its train or eval seconds) as a multiple of LoRA's
+        ``against`` seconds (default: ``key``'s): those of the LoRA runs timed beside each run
+        where recorded (``lora_seconds``), else the mean of LoRA's recorded runs."""
+        if name == "lora" and against is None:
+            return 1.0
+        against = against or key
+        lora = [f[against] for f in self.figures("lora", ENSEMBLE_SEEDS) if f[against] is not None]
+        recorded = float(np.mean(lora)) if lora else math.nan
+        found = [f for f in self.figures(name, ENSEMBLE_SEEDS) if f[key] is not None]
         if not found:
-            return math.nan, math.nan
-        return tuple(
-            float(np.mean([number(f[k]) for f in found])) for k in ("train_seconds", "eval_seconds")
-        )
+            return math.nan
+        references = [number((f.get("lora_seconds") or {}).get(against, recorded)) for f in found]
+        return float(np.mean([number(f[key]) for f in found]) / np.mean(references))
 
     def cost(self, name: str) -> tuple[float, float]:
         """Training and evaluation time as multiples of LoRA's."""
-        lora_train, lora_eval = self.timing("lora")
         if name in TRAINED:
-            train, evaluation = self.timing(name)
-            return train / lora_train, evaluation / lora_eval
+            return self.ratio(name, "train_seconds"), self.ratio(name, "eval_seconds")
         members = re.search(r"-m(\d)$", name)
         if members:
             m = int(members.group(1))
             deep = name.startswith("deep")
             return (float(m) if deep else 1.0), float(m)
-        source_train = self.timing(source_of(name))[0]
+        source = self.ratio(source_of(name), "train_seconds")
         if name == GUIDED:  # a training run: its steps' and its evaluation's wall times
-            train, evaluation = self.timing(name)
-            return (source_train + train) / lora_train, evaluation / lora_eval
-        fits = [number(f["command_seconds"]) for f in self.figures(name)]
-        return (source_train + float(np.mean(fits))) / lora_train, math.nan
+            return source + self.ratio(name, "train_seconds"), self.ratio(name, "eval_seconds")
+        return source + self.ratio(name, "command_seconds", "train_seconds"), math.nan
 
     def row(self, name: str, label: str | None = None) -> dict | None:
         seeds = tuple(range(len(ENSEMBLE_SEEDS))) if name == "deep-ensemble-m3" else SEEDS
@@ -432,7 +434,7 @@ def write_report(records: Records, doc: Path, drop_unrecorded: bool = False) -> 
     header = Path(__file__).with_name("calibration_header.md").read_text()
     reading = kept or f"{READING[0]}\n{READING[1]}"
     body = [header, goals_section(sections, default), reading, *texts]
-    body.append(shifted_section(records.root))
+    body.append(shifted_section(records))
     if figure is not None:
         body.append(
             "## ECE against accuracy\n\n![ECE against accuracy](calibration/ece-accuracy.png)\n"

@@ -1,5 +1,10 @@
 """The shifted-domain section of docs/calibration.md: movie-review runs evaluated on tweets,
-amazon and nyt reviews."""
+amazon and nyt reviews.
+
+:func:`shifted_figures` computes one run's figures on each shifted domain from the run
+directories; the records keep them (``calibration_records.py``), and :func:`shifted_section`
+reads them from there, so the section regenerates where ``runs/`` is gone.
+"""
 
 from __future__ import annotations
 
@@ -15,77 +20,90 @@ from monteclora_pyro.experiments.ensemble import average
 from monteclora_pyro.experiments.temperature import scale_predictions
 
 TASK = "movie-reviews"
+ROWS = (*TRAINED, "temperature", "deep-ensemble-m4")  # the section's rows, where run
 
 
-def _shifted_members(root: Path, name: str) -> list[tuple[object, dict]]:
-    """(in-domain predictions, {domain: predictions}) per seed of a method on movie reviews.
+def row_seeds(name: str) -> tuple[int, ...]:
+    return (0,) if name == "deep-ensemble-m4" else SEEDS
 
-    Temperature scaling applies each LoRA run's validation temperature; the deep ensemble of
-    four averages the LoRA runs' predictions, in domain and on each shifted domain.
+
+def _read(run: Path) -> tuple[runs.Predictions, dict] | None:
+    """A finished run's predictions in domain and, by domain, on each shifted domain it was
+    evaluated on."""
+    if not (run / runs.METRICS_FILE).is_file():
+        return None
+    shifted = {d: runs.evaluation_dir(run, d, "test") for d in SHIFTED}
+    found = {d: runs.read_predictions(p) for d, p in shifted.items() if runs.has_predictions(p)}
+    return runs.read_predictions(run), found
+
+
+def _member(root: Path, name: str, seed: int) -> tuple[runs.Predictions, dict] | None:
+    """(in-domain predictions, {domain: predictions}) of one seed of a row.
+
+    Temperature scaling applies the LoRA run's validation temperature to its shifted
+    predictions; the deep ensemble of four averages the LoRA runs', in domain and out.
     """
-
-    def read(run: Path):
-        if not (run / runs.METRICS_FILE).is_file():
-            return None
-        shifted = {d: runs.evaluation_dir(run, d, "test") for d in SHIFTED}
-        found = {d: runs.read_predictions(p) for d, p in shifted.items() if runs.has_predictions(p)}
-        return runs.read_predictions(run), found
-
     if name == "temperature":
-        members = []
-        for seed in SEEDS:
-            calibrated = run_dir(root, TASK, "temperature", seed)
-            lora = read(run_dir(root, TASK, "lora", seed))
-            if lora is None or not (calibrated / runs.METRICS_FILE).is_file():
-                continue
-            fitted = runs.read_metrics(calibrated)
-            temperatures = fitted["temperature"], fitted.get("predictive_temperature")
-            members.append(
-                (
-                    runs.read_predictions(calibrated),
-                    {d: scale_predictions(p, *temperatures) for d, p in lora[1].items()},
-                )
-            )
-        return members
+        calibrated, lora = run_dir(root, TASK, name, seed), _read(run_dir(root, TASK, "lora", seed))
+        if lora is None or not (calibrated / runs.METRICS_FILE).is_file():
+            return None
+        fitted = runs.read_metrics(calibrated)
+        temperatures = fitted["temperature"], fitted.get("predictive_temperature")
+        scaled = {d: scale_predictions(p, *temperatures) for d, p in lora[1].items()}
+        return runs.read_predictions(calibrated), scaled
     if name == "deep-ensemble-m4":
-        ensemble = run_dir(root, TASK, name, 0)
-        loras = [read(run_dir(root, TASK, "lora", s)) for s in ENSEMBLE_SEEDS]
+        ensemble = run_dir(root, TASK, name, seed)
+        loras = [_read(run_dir(root, TASK, "lora", s)) for s in ENSEMBLE_SEEDS]
         if not (ensemble / runs.METRICS_FILE).is_file() or any(x is None for x in loras):
-            return []
+            return None
         domains = set.intersection(*(set(x[1]) for x in loras))
         shifted = {d: average([x[1][d] for x in loras]) for d in SHIFTED if d in domains}
-        return [(runs.read_predictions(ensemble), shifted)]
-    return [m for s in SEEDS if (m := read(run_dir(root, TASK, name, s))) is not None]
+        return runs.read_predictions(ensemble), shifted
+    return _read(run_dir(root, TASK, name, seed))
 
 
-def shifted_section(root: Path) -> str:
+def shifted_figures(root: Path, name: str, seed: int) -> dict[str, dict[str, float]]:
+    """``{domain: {"accuracy", "ece15", "auroc"}}`` of a movie-review run under ``root``, for
+    each shifted domain it was evaluated on (none for a name outside :data:`ROWS`). AUROC: how
+    well the predictive entropy separates the domain's examples from the run's in-domain
+    evaluation split."""
+    found = _member(root, name, seed) if name in ROWS else None
+    if found is None:
+        return {}
+    inside, shifted = found
+    figures = {}
+    for domain, out in shifted.items():
+        found_scores = scores(out, domain)
+        figures[domain] = {
+            "accuracy": found_scores["accuracy"],
+            "ece15": found_scores["ece15"],
+            "auroc": metrics.auroc(
+                metrics.predictive_entropy(inside.draw_probs),
+                metrics.predictive_entropy(out.draw_probs),
+            ),
+        }
+    return figures
+
+
+def shifted_section(records) -> str:
+    """The section, from the ``shifted`` figures of the records (``Records.get``)."""
     rows = []
-    for name in (*TRAINED, "temperature", "deep-ensemble-m4"):
-        members = [m for m in _shifted_members(root, name) if m[1]]
+    for name in ROWS:
+        members = [
+            found["shifted"]
+            for seed in row_seeds(name)
+            if (found := records.get(TASK, name, seed)) is not None and found.get("shifted")
+        ]
         if not members:
             continue
         row = {"method": name, "seeds": len(members)}
         for domain in SHIFTED:
-            found = [(inside, shifted[domain]) for inside, shifted in members if domain in shifted]
-            if not found:
-                continue
-            per_seed = [
-                (
-                    scores(out, domain),
-                    metrics.auroc(
-                        metrics.predictive_entropy(inside.draw_probs),
-                        metrics.predictive_entropy(out.draw_probs),
-                    ),
-                )
-                for inside, out in found
-            ]
-            for key, values in (
-                ("acc", [s["accuracy"] for s, _ in per_seed]),
-                ("ECE", [s["ece15"] for s, _ in per_seed]),
-                ("AUROC", [a for _, a in per_seed]),
-            ):
-                sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
-                row[f"{domain} {key}"] = cell((float(np.mean(values)), sd))
+            per_seed = [m[domain] for m in members if domain in m]
+            for key, figure in (("acc", "accuracy"), ("ECE", "ece15"), ("AUROC", "auroc")):
+                values = [s[figure] for s in per_seed]
+                if values:
+                    sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
+                    row[f"{domain} {key}"] = cell((float(np.mean(values)), sd))
         rows.append(row)
     if not rows:
         return "## Shifted domains\n\nNot run yet (`--tasks movie-reviews`).\n"

@@ -192,10 +192,7 @@ def test_post_hoc_and_shifted_commands_parse(tmp_path):
             assert out.name.split("-s")[0] in calibration.POST_HOC_DIRS
 
 
-@pytest.fixture
-def recorder(monkeypatch) -> list:
-    """Replaces ``calibration.Runner`` by one that records the commands and runs nothing;
-    the list of the runners made."""
+def _recording(monkeypatch, finish: bool) -> list:
     made = []
 
     class RecordingRunner:
@@ -205,10 +202,25 @@ def recorder(monkeypatch) -> list:
 
         def __call__(self, command: list[str]) -> bool:
             self.commands.append(command)
+            if finish and command[2] == "train":
+                _finished(Path(command[command.index("--output-dir") + 1]))
             return True
 
     monkeypatch.setattr(calibration, "Runner", RecordingRunner)
     return made
+
+
+@pytest.fixture
+def recorder(monkeypatch) -> list:
+    """Replaces ``calibration.Runner`` by one that records the commands and runs nothing;
+    the list of the runners made."""
+    return _recording(monkeypatch, finish=False)
+
+
+@pytest.fixture
+def trainer(monkeypatch) -> list:
+    """:func:`recorder`, whose train commands leave a finished run behind."""
+    return _recording(monkeypatch, finish=True)
 
 
 def _out_name(command: list[str]) -> str:
@@ -273,7 +285,7 @@ def test_run_study_schedules_the_task_methods_only(tmp_path, recorder):
     assert (root / task / "lora-s2" / runs.METRICS_FILE).is_file()
 
 
-def test_run_study_restricts_post_hoc_and_evaluates_movie_reviews_shifted(tmp_path, recorder):
+def test_run_study_restricts_post_hoc_and_evaluates_movie_reviews_shifted(tmp_path, trainer):
     root = tmp_path / "study"
     lora = calibration.run_dir(root, "movie-reviews", "lora", 0)
     runs.write_metrics(runs.evaluation_dir(lora, "nyt", "test"), {"task": "nyt"})  # done
@@ -282,7 +294,7 @@ def test_run_study_restricts_post_hoc_and_evaluates_movie_reviews_shifted(tmp_pa
         root, tasks=["movie-reviews"], methods=["lora"], post_hoc=["temperature", "laplace"]
     )
     calibration.run_study(args)
-    commands = recorder[0].commands
+    commands = trainer[0].commands
     trained = [c for c in commands if c[2] == "train"]
     assert sorted(_out_name(c) for c in trained) == [f"lora-s{s}" for s in range(4)]
     post = commands[len(trained) :]
@@ -703,6 +715,38 @@ def test_rows_average_scores_of_each_seed(study, sst2_goals):
         assert row["train_nll"][0] == pytest.approx(0.3)  # the last epoch's training batches
     train, evaluation = by_name["paper-5e-3"]["train_time"], by_name["paper-5e-3"]["eval_time"]
     assert (train, evaluation) == pytest.approx((1.15, 3.0))
+
+
+def test_a_run_is_costed_against_the_lora_runs_timed_beside_it(study, tmp_path):
+    """LoRA retrained on a faster machine does not rescale the cost of a run recorded on the
+    first: each record keeps the LoRA seconds timed beside it; one recorded without them (an
+    older record) is costed against LoRA's recorded runs."""
+    root, directory = tmp_path / "runs", tmp_path / "records"
+    shutil.copytree(study / "sst2", root / "sst2")
+    records = Records(directory, root)
+    assert records.get("sst2", "paper-5e-3", 1)["lora_seconds"] == {
+        "train_seconds": 100.0,
+        "eval_seconds": 10.0,
+    }
+    records.record_present()
+    records.save(prune=False)
+    for name in calibration.TRAINED:  # the next machine: LoRA rerun there, nothing else
+        for run in (root / "sst2").glob(f"{name}-s*"):
+            if name != "lora":
+                shutil.rmtree(run)
+            else:
+                runs.write_timing(run, 80.0, 5.0)
+    records = Records(directory, root)
+    assert report.TaskResults(records, "sst2").cost("paper-5e-3") == pytest.approx((1.15, 3.0))
+    assert records.get("sst2", "lora", 0)["train_seconds"] == 80.0
+    records.save(prune=False)
+
+    figures = json.loads((directory / "records.json").read_text())
+    for seed in calibration.SEEDS:
+        del figures[f"sst2/paper-5e-3-s{seed}"]["lora_seconds"]
+    (directory / "records.json").write_text(json.dumps(figures))
+    costed = report.TaskResults(Records(directory, root), "sst2").cost("paper-5e-3")
+    assert costed == pytest.approx((115.0 / 80.0, 30.0 / 5.0))
 
 
 def _dev_mean(name: str, key: str) -> float:
