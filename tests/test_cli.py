@@ -61,7 +61,9 @@ def test_train_then_evaluate_from_the_command_line(toy_assets, tmp_path, capsys)
         ]
     )
     assert code == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "%|" not in captured.err  # --quiet: no bar, the tokenisers' (datasets) included
     assert "posterior_mean" in printed and "posterior_predictive" in printed
     assert str(out) in printed
     config = runs.read_config(out)

@@ -161,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="monteclora",
         description="MonteCLoRA: Bayesian low-rank adaptation of language models with Pyro.",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars (datasets' and transformers' too)"
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -293,12 +295,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _hide_library_progress_bars() -> None:
+    """``--quiet`` for the libraries too: datasets' (tokenising, casting) and transformers'
+    (loading weights) progress bars."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.quiet:
+        _hide_library_progress_bars()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, TrainingError) as err:
