@@ -15,9 +15,9 @@ finished run trained with other settings than :data:`TASKS` now gives (say after
 it) stops the study before anything runs: move it aside to rerun it. What the report reads of
 each run is recorded beside it (``studies/calibration_records.py``): a recorded run counts as
 finished on a machine where ``runs/`` is gone, and ``--report-only`` regenerates from the
-records; ``--record-only`` records the finished runs without rewriting the report. A report
-that would lose a row of the existing one (its runs neither here nor recorded) is not written
-without ``--drop-unrecorded``.
+records; ``--record-only`` records the finished runs without rewriting the report. A section
+of the existing report with a row whose runs are neither here nor recorded is kept as it was,
+marked, unless ``--drop-unrecorded``.
 """
 
 from __future__ import annotations
@@ -448,7 +448,7 @@ def main() -> None:
         "--drop-unrecorded",
         action="store_true",
         help="let the report lose the rows of an existing --doc whose runs are neither in "
-        "--output-dir nor recorded (without it, the report is not written)",
+        "--output-dir nor recorded (without it, their sections are kept as they were, marked)",
     )
     parser.add_argument(
         "--record-only",

@@ -7,6 +7,7 @@ split. A hand-written reading between the ``READING`` markers of an existing doc
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -32,6 +33,8 @@ from matplotlib.figure import Figure
 from monteclora_pyro.analysis.plots import plot_reliability
 from monteclora_pyro.analysis.tables import format_table
 from monteclora_pyro.data import get_task_spec
+
+logger = logging.getLogger("calibration")
 
 READING = ("<!-- READING -->", "<!-- /READING -->")
 ACCURACY_SLACK = 0.005  # "accuracy within 0.5 points of LoRA's"
@@ -275,23 +278,48 @@ def task_section(
     return "\n".join(text), data
 
 
+KEPT = "*Kept from an earlier report:"  # how a kept section's note starts
+
+
+def section_of(text: str, heading: str) -> str:
+    """The section of a report's ``text`` under ``## heading``, up to the next ``## ``."""
+    start = text.find(f"\n## {heading}\n")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + 1)
+    return text[start + 1 : end if end > 0 else len(text)].strip()
+
+
+def _rows(section: str) -> set[str]:
+    """The methods of the rows of a section's main table (the first with a method column)."""
+    lines = section.splitlines()
+    header = next((i for i, line in enumerate(lines) if line.startswith("| method |")), None)
+    if header is None:
+        return set()
+    found = set()
+    for line in lines[header + 2 :]:
+        if not line.startswith("| "):
+            break
+        found.add(line.split("|")[1].strip())
+    return found
+
+
 def method_rows(text: str) -> set[tuple[str, str]]:
     """(task, method) of every row of each task section's main table in a report's text."""
-    found = set()
-    for task in REPORTED:
-        start = text.find(f"\n## {task}\n")
-        if start < 0:
-            continue
-        end = text.find("\n## ", start + 1)
-        lines = text[start : end if end > 0 else len(text)].splitlines()
-        header = next((i for i, line in enumerate(lines) if line.startswith("| method |")), None)
-        if header is None:
-            continue
-        for line in lines[header + 2 :]:
-            if not line.startswith("| "):
-                break
-            found.add((task, line.split("|")[1].strip()))
-    return found
+    return {(task, m) for task in REPORTED for m in _rows(section_of(text, task))}
+
+
+def kept_section(old: str, lost: set[str]) -> str:
+    """The ``old`` section as it was, with a note naming the ``lost`` rows it keeps."""
+    heading, _, rest = old.partition("\n")
+    rest = "\n".join(line for line in rest.splitlines() if not line.startswith(KEPT)).strip()
+    note = (
+        f"{KEPT} the runs of its rows {', '.join(sorted(lost))} are neither in the run "
+        "directories nor recorded, so this section is not regenerated (nor its figure) until "
+        "they are; the Goals table and the ECE-against-accuracy figure read the recorded runs "
+        "only.*"
+    )
+    return f"{heading}\n\n{note}\n\n{rest}"
 
 
 def reliability_figure(
@@ -399,8 +427,10 @@ def ece_accuracy_figure(sections: dict) -> Figure | None:
 def write_report(records: Records, doc: Path, drop_unrecorded: bool = False) -> None:
     """Write ``doc`` and its figures from the ``records`` of the study's runs, and save them.
 
-    Raises ``SystemExit``, writing nothing, where a method's row of the existing ``doc`` would
-    vanish (its runs neither here nor recorded), unless ``drop_unrecorded``.
+    A section of the existing ``doc`` (a task's, or the shifted domains') with a row whose
+    runs are neither here nor recorded is kept as it was, with a note naming those rows, and
+    its figure is not redrawn, unless ``drop_unrecorded``: nothing the records cannot rebuild
+    is lost.
     """
     figures = doc.parent / "calibration"
     kept, old = "", ""
@@ -411,19 +441,19 @@ def write_report(records: Records, doc: Path, drop_unrecorded: bool = False) -> 
     results = {t: TaskResults(records, t) for t in REPORTED}
     selections = {t: r.select_monteclora() for t, r in results.items()}
     default = default_setting(selections)
-    sections, texts = {}, []
+    sections, texts = {}, {}
     for task, found in results.items():
-        text, data = task_section(found, figures, doc.parent, selections[task], default)
-        texts.append(text)
-        sections[task] = data
-    dropped = sorted(method_rows(old) - method_rows("\n".join(["", *texts])))
-    if dropped and not drop_unrecorded:
-        raise SystemExit(
-            f"{doc} would lose these rows, whose runs are neither in {records.root} nor "
-            f"recorded in {records.directory}: "
-            + ", ".join(f"{task}/{method}" for task, method in dropped)
-            + "; rerun them, or drop them with --drop-unrecorded"
+        texts[task], sections[task] = task_section(
+            found, figures, doc.parent, selections[task], default
         )
+    texts["Shifted domains"] = shifted_section(records)
+    for heading, text in texts.items():
+        previous = section_of(old, heading)
+        lost = _rows(previous) - _rows(text)
+        if lost and not drop_unrecorded:
+            logger.warning("%s: kept as it was; not regenerated: %s", heading, sorted(lost))
+            texts[heading] = kept_section(previous, lost)
+            sections.get(heading, {}).pop("figures", None)
     figures.mkdir(parents=True, exist_ok=True)
     for data in sections.values():
         for path, task_figure in data.get("figures", {}).items():
@@ -433,8 +463,7 @@ def write_report(records: Records, doc: Path, drop_unrecorded: bool = False) -> 
         figure.savefig(figures / "ece-accuracy.png", dpi=110)
     header = Path(__file__).with_name("calibration_header.md").read_text()
     reading = kept or f"{READING[0]}\n{READING[1]}"
-    body = [header, goals_section(sections, default), reading, *texts]
-    body.append(shifted_section(records))
+    body = [header, goals_section(sections, default), reading, *texts.values()]
     if figure is not None:
         body.append(
             "## ECE against accuracy\n\n![ECE against accuracy](calibration/ece-accuracy.png)\n"

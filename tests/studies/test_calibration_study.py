@@ -833,27 +833,42 @@ def test_the_report_regenerates_from_its_records_without_the_runs(study, tmp_pat
     assert np.array_equal(lora, expected.predictive_probs)
 
 
-def test_a_report_that_would_lose_rows_is_not_written(study, tmp_path):
-    """Runs neither present nor recorded (a new machine, records not committed): the report
-    keeps the document as it is, naming the rows, unless told to drop them."""
-    report.write_report(Records(tmp_path / "docs" / "calibration", study), tmp_path / "first.md")
-    text = (tmp_path / "first.md").read_text()
+def test_a_section_whose_rows_are_not_all_recorded_is_kept_as_it_was(study, tmp_path):
+    """Runs neither present nor recorded (a new machine, records not committed): their task's
+    section is kept word for word, marked, and its figure is not redrawn; the other sections
+    are regenerated; told to drop them, the rows go."""
+    first = tmp_path / "first" / "calibration.md"
+    first.parent.mkdir()
+    report.write_report(Records(first.parent / "calibration", study), first)
+    text = first.read_text()
     assert ("sst2", "monteclora paper-5e-3") in report.method_rows(text)
-    assert ("sst2", "lora") in report.method_rows(text)
     root, doc = tmp_path / "runs", tmp_path / "new" / "calibration.md"
     shutil.copytree(study, root)
     for run in (root / "sst2").glob("paper-5e-3-s*"):
         shutil.rmtree(run)
-    doc.parent.mkdir()
-    doc.write_text(text)
-    with pytest.raises(SystemExit, match=r"lose these rows.*: sst2/monteclora paper-5e-3; rerun"):
-        report.write_report(Records(doc.parent / "calibration", root), doc)
-    assert doc.read_text() == text
-    assert not (doc.parent / "calibration").exists()  # no figure, no records written
+    sst2, mrpc = report.section_of(text, "sst2"), report.section_of(text, "mrpc")
+    edited = text.replace(sst2, sst2 + "\n\nAn sst2 edit.").replace(mrpc, mrpc + "\n\nAn edit.")
+    figures = doc.parent / "calibration"
+    figures.mkdir(parents=True)
+    (figures / "reliability-sst2.png").write_bytes(b"the earlier figure")
+    doc.write_text(edited)
 
-    report.write_report(Records(doc.parent / "calibration", root), doc, drop_unrecorded=True)
+    report.write_report(Records(figures, root), doc)
+    written = doc.read_text()
+    kept = report.section_of(written, "sst2")
+    note = f"{report.KEPT} the runs of its rows monteclora paper-5e-3 are neither"
+    assert kept.splitlines()[2].startswith(note)
+    assert kept.replace(kept.splitlines()[2] + "\n\n", "") == sst2 + "\n\nAn sst2 edit."
+    assert report.section_of(written, "mrpc") == mrpc  # regenerated: the edit is gone
+    assert (figures / "reliability-sst2.png").read_bytes() == b"the earlier figure"
+    assert (figures / "reliability-mrpc.png").read_bytes()[:4] == b"\x89PNG"
+    report.write_report(Records(figures, root), doc)
+    assert doc.read_text() == written  # the note is not repeated
+
+    report.write_report(Records(figures, root), doc, drop_unrecorded=True)
     rows = report.method_rows(doc.read_text())
     assert rows == report.method_rows(text) - {("sst2", "monteclora paper-5e-3")}
+    assert report.KEPT not in doc.read_text()
 
 
 def test_records_of_other_settings_are_not_read(study, tmp_path, caplog):
