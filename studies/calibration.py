@@ -391,7 +391,7 @@ def post_hoc_jobs(args, root: Path, task: str, recorded=nothing_recorded) -> lis
     post = pending_post_hoc(args, root, task, recorded)
     if task == "movie-reviews":
         methods = [m for m in TASKS[task].methods if m in args.methods]
-        post += [  # the finished runs here only: one recorded elsewhere is not retrained
+        post += [  # of the finished runs here: one recorded elsewhere is not re-evaluated
             (out, command)
             for out, command in shifted_commands(methods, root, task)
             if not (out / runs.METRICS_FILE).is_file()

@@ -78,20 +78,16 @@ def _finite_scores(found: dict) -> dict:
     return {key: _finite(value) for key, value in found.items()}
 
 
-def number(value: float | None) -> float:
-    """A recorded figure as a float: NaN where it was not defined (recorded as null)."""
-    return math.nan if value is None else float(value)
-
-
 TIMES = ("train_seconds", "eval_seconds")
 
 
 def lora_seconds(root: Path, task: str) -> dict[str, float] | None:
-    """Mean training and evaluation seconds of the LoRA runs of ``task`` under ``root``: the
-    reference a run timed beside them (same machine, same load) is costed against."""
-    found = [runs.read_timing(run_dir(root, task, "lora", s)) for s in ENSEMBLE_SEEDS]
-    found = [t for t in found if t]
-    return {k: float(np.mean([t[k] for t in found])) for k in TIMES} if found else None
+    """Mean training and evaluation seconds of the LoRA runs of ``task`` under ``root`` (the
+    runs of the machine and session that times the runs beside them): the reference a run
+    recorded there is costed against."""
+    found = [runs.read_timing(run_dir(root, task, "lora", s)) or {} for s in ENSEMBLE_SEEDS]
+    means = {k: [t[k] for t in found if t.get(k) is not None] for k in TIMES}
+    return {k: float(np.mean(v)) for k, v in means.items() if v} or None
 
 
 def figures_of(
@@ -185,16 +181,20 @@ class Records:
                 logger.warning("%s trained with other settings, not read: %s", run, stale)
                 self.figures.pop(key, None)
             else:
+                recorded = self.figures.get(key)
+                if recorded and recorded["options"] != expected_options(task, name, seed):
+                    recorded = None
                 predictions = runs.read_predictions(run)
                 seconds = self.seconds.get(str(run))
                 reference = lora_seconds(self.root, task)
                 self.figures[key] = figures_of(
                     run, predictions, task, name, seed, seconds, reference
                 )
-                if task == TASK:
+                if task == TASK:  # a domain not evaluated here keeps its recorded figures
                     shifted = shifted_figures(self.root, name, seed)
                     self.figures[key]["shifted"] = {
-                        domain: _finite_scores(found) for domain, found in shifted.items()
+                        **(recorded or {}).get("shifted", {}),
+                        **{domain: _finite_scores(found) for domain, found in shifted.items()},
                     }
                 elif seed == 0:
                     self.probs[f"{key}/probs"] = np.asarray(predictions.predictive_probs)
@@ -219,7 +219,8 @@ class Records:
 
     def record_present(self) -> int:
         """Record every finished run of a reported task or of movie reviews under ``root``,
-        with its seed-0 probabilities, as the report would; the number recorded."""
+        with a reported task's seed-0 probabilities, as the report would; the number
+        recorded."""
         count = 0
         for task in (*REPORTED, TASK):
             for run in sorted((self.root / task).glob("*-s[0-9]*")):

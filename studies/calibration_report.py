@@ -25,8 +25,8 @@ from calibration import (
     TRAINED,
     source_of,
 )
-from calibration_records import Records, number
-from calibration_scores import cell, normalised
+from calibration_records import Records
+from calibration_scores import cell, normalised, number
 from calibration_shifted import shifted_section
 from matplotlib.figure import Figure
 
@@ -290,18 +290,28 @@ def section_of(text: str, heading: str) -> str:
     return text[start + 1 : end if end > 0 else len(text)].strip()
 
 
-def _rows(section: str) -> set[str]:
-    """The methods of the rows of a section's main table (the first with a method column)."""
+def _rows(section: str) -> dict[str, int]:
+    """Seeds by method of the rows of a section's main table (the first with a method column);
+    a checkpoint ensemble's row under one name whichever M its validation split selects."""
     lines = section.splitlines()
     header = next((i for i, line in enumerate(lines) if line.startswith("| method |")), None)
     if header is None:
-        return set()
-    found = set()
+        return {}
+    columns = [c.strip() for c in lines[header].strip("|").split("|")]
+    found = {}
     for line in lines[header + 2 :]:
         if not line.startswith("| "):
             break
-        found.add(line.split("|")[1].strip())
+        cells = dict(zip(columns, (c.strip() for c in line.strip("|").split("|")), strict=False))
+        name = re.sub(r"^checkpoint-ensemble \(m\d+\)$", "checkpoint-ensemble", cells["method"])
+        found[name] = int(cells["seeds"]) if cells.get("seeds", "").isdigit() else 0
     return found
+
+
+def lost_rows(old: str, new: str) -> set[str]:
+    """The rows of section ``old`` that ``new`` lacks or holds over fewer seeds."""
+    now = _rows(new)
+    return {name for name, seeds in _rows(old).items() if now.get(name, -1) < seeds}
 
 
 def method_rows(text: str) -> set[tuple[str, str]]:
@@ -309,15 +319,20 @@ def method_rows(text: str) -> set[tuple[str, str]]:
     return {(task, m) for task in REPORTED for m in _rows(section_of(text, task))}
 
 
-def kept_section(old: str, lost: set[str]) -> str:
-    """The ``old`` section as it was, with a note naming the ``lost`` rows it keeps."""
+def kept_section(old: str, lost: set[str], figure: bool = True) -> str:
+    """The ``old`` section as it was, with a note naming the ``lost`` rows it keeps (those
+    missing from the records, or recorded over fewer seeds); ``figure``: it has one."""
     heading, _, rest = old.partition("\n")
     rest = "\n".join(line for line in rest.splitlines() if not line.startswith(KEPT)).strip()
+    also = (
+        " (nor its figure) until they are; the Goals table and the ECE-against-accuracy figure "
+        "read the recorded runs only"
+        if figure
+        else " until they are"
+    )
     note = (
-        f"{KEPT} the runs of its rows {', '.join(sorted(lost))} are neither in the run "
-        "directories nor recorded, so this section is not regenerated (nor its figure) until "
-        "they are; the Goals table and the ECE-against-accuracy figure read the recorded runs "
-        "only.*"
+        f"{KEPT} some runs of its rows {', '.join(sorted(lost))} are neither in the run "
+        f"directories nor recorded, so this section is not regenerated{also}.*"
     )
     return f"{heading}\n\n{note}\n\n{rest}"
 
@@ -449,10 +464,10 @@ def write_report(records: Records, doc: Path, drop_unrecorded: bool = False) -> 
     texts["Shifted domains"] = shifted_section(records)
     for heading, text in texts.items():
         previous = section_of(old, heading)
-        lost = _rows(previous) - _rows(text)
+        lost = lost_rows(previous, text)
         if lost and not drop_unrecorded:
             logger.warning("%s: kept as it was; not regenerated: %s", heading, sorted(lost))
-            texts[heading] = kept_section(previous, lost)
+            texts[heading] = kept_section(previous, lost, heading in sections)
             sections.get(heading, {}).pop("figures", None)
     figures.mkdir(parents=True, exist_ok=True)
     for data in sections.values():

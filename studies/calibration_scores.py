@@ -91,6 +91,11 @@ def relative_width(run: Path) -> float:
     return float(np.mean(ratios)) if ratios else math.nan
 
 
+def number(value: float | None) -> float:
+    """A recorded figure as a float: NaN where it was not defined (recorded as null)."""
+    return math.nan if value is None else float(value)
+
+
 def cell(value, digits: int = 3) -> str:
     if isinstance(value, tuple):
         mean, sd = value

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from calibration import ENSEMBLE_SEEDS, SEEDS, SHIFTED, SHIFTED_EXAMPLES, TASKS, TRAINED, run_dir
-from calibration_scores import cell, scores
+from calibration_scores import cell, number, scores
 
 from monteclora_pyro import metrics, runs
 from monteclora_pyro.analysis.tables import format_table
@@ -20,7 +20,7 @@ from monteclora_pyro.experiments.ensemble import average
 from monteclora_pyro.experiments.temperature import scale_predictions
 
 TASK = "movie-reviews"
-ROWS = (*TRAINED, "temperature", "deep-ensemble-m4")  # the section's rows, where run
+ROWS = (*TRAINED, "temperature", "deep-ensemble-m4")  # the section's rows (those with runs)
 
 
 def row_seeds(name: str) -> tuple[int, ...]:
@@ -100,7 +100,7 @@ def shifted_section(records) -> str:
         for domain in SHIFTED:
             per_seed = [m[domain] for m in members if domain in m]
             for key, figure in (("acc", "accuracy"), ("ECE", "ece15"), ("AUROC", "auroc")):
-                values = [s[figure] for s in per_seed]
+                values = [number(s[figure]) for s in per_seed]
                 if values:
                     sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
                     row[f"{domain} {key}"] = cell((float(np.mean(values)), sd))

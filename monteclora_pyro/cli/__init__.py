@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _hide_library_progress_bars() -> None:
     """``--quiet`` for the libraries too: datasets' (tokenising, casting) and transformers'
-    (loading weights) progress bars."""
+    (loading weights) progress bars, for the rest of the process."""
     import datasets
     from transformers.utils import logging as transformers_logging
 

@@ -134,3 +134,43 @@ def test_a_recorded_movie_review_run_is_neither_trained_nor_evaluated(tmp_path, 
     assert [c for c in commands if c[2] != "evaluate"] == []
     assert evaluated == sorted(calibration.SHIFTED) and all(str(here) in c for c in commands)
     assert len(commands) == len(calibration.SHIFTED)
+
+
+def test_a_domain_not_evaluated_here_keeps_its_recorded_figures(movie_runs, tmp_path):
+    """Refreshing a present run whose shifted predictions are not all here (its LoRA run
+    gone, an evaluation missing) does not lose the domains recorded before."""
+    root, directory = tmp_path / "runs", tmp_path / "records"
+    shutil.copytree(movie_runs, root)
+    records = Records(directory, root)
+    records.record_present()
+    records.save(prune=False)
+    before = records.get(TASK, "temperature", 0)["shifted"]
+    shutil.rmtree(calibration.run_dir(root, TASK, "lora", 0))  # what temperature-s0 scales
+    lora = calibration.run_dir(root, TASK, "lora", 1)
+    shutil.rmtree(runs.evaluation_dir(lora, "nyt", "test"))
+    records = Records(directory, root)
+    assert records.get(TASK, "temperature", 0)["shifted"] == before
+    assert set(records.get(TASK, "lora", 1)["shifted"]) == set(calibration.SHIFTED)
+    assert records.recorded(TASK, "temperature", 0) and records.recorded(TASK, "lora", 1)
+
+
+def test_the_study_skips_the_movie_review_runs_its_records_hold(movie_runs, tmp_path, monkeypatch):
+    """``run_study`` with the records' own predicate where the runs are gone: nothing to train
+    or evaluate but what the records lack (here the deep ensembles of three, not recorded)."""
+    commands = []
+    monkeypatch.setattr(calibration, "Runner", lambda root, threads: commands.append)
+    root, directory = tmp_path / "runs", tmp_path / "records"
+    shutil.copytree(movie_runs, root)
+    records = Records(directory, root)
+    records.record_present()
+    records.save(prune=False)
+    shutil.rmtree(root)
+    args = calibration.argparse.Namespace(
+        output_dir=str(root), data_dir=None, threads=1, workers=1, tasks=[TASK],
+        methods=["lora"], post_hoc=["temperature", "deep-ensemble"],
+    )  # fmt: skip
+    calibration.run_study(args, Records(directory, root).recorded)
+    assert not [c for c in commands if c[2] == "evaluate" or c[1] == "calibrate"]
+    outputs = sorted(Path(c[c.index("--output-dir") + 1]).name for c in commands)
+    trained = [f"lora-s{s}" for s in calibration.ENSEMBLE_SEEDS]  # the ensembles' members
+    assert outputs == sorted([*trained, *(f"deep-ensemble-m3-s{s}" for s in range(4))])

@@ -844,8 +844,7 @@ def test_a_section_whose_rows_are_not_all_recorded_is_kept_as_it_was(study, tmp_
     assert ("sst2", "monteclora paper-5e-3") in report.method_rows(text)
     root, doc = tmp_path / "runs", tmp_path / "new" / "calibration.md"
     shutil.copytree(study, root)
-    for run in (root / "sst2").glob("paper-5e-3-s*"):
-        shutil.rmtree(run)
+    shutil.rmtree(calibration.run_dir(root, "sst2", "paper-5e-3", 2))  # a row loses a seed
     sst2, mrpc = report.section_of(text, "sst2"), report.section_of(text, "mrpc")
     edited = text.replace(sst2, sst2 + "\n\nAn sst2 edit.").replace(mrpc, mrpc + "\n\nAn edit.")
     figures = doc.parent / "calibration"
@@ -856,7 +855,7 @@ def test_a_section_whose_rows_are_not_all_recorded_is_kept_as_it_was(study, tmp_
     report.write_report(Records(figures, root), doc)
     written = doc.read_text()
     kept = report.section_of(written, "sst2")
-    note = f"{report.KEPT} the runs of its rows monteclora paper-5e-3 are neither"
+    note = f"{report.KEPT} some runs of its rows monteclora paper-5e-3 are neither"
     assert kept.splitlines()[2].startswith(note)
     assert kept.replace(kept.splitlines()[2] + "\n\n", "") == sst2 + "\n\nAn sst2 edit."
     assert report.section_of(written, "mrpc") == mrpc  # regenerated: the edit is gone
@@ -865,10 +864,23 @@ def test_a_section_whose_rows_are_not_all_recorded_is_kept_as_it_was(study, tmp_
     report.write_report(Records(figures, root), doc)
     assert doc.read_text() == written  # the note is not repeated
 
-    report.write_report(Records(figures, root), doc, drop_unrecorded=True)
+    for run in (root / "sst2").glob("paper-5e-3-s*"):  # nor recorded (fresh records)
+        shutil.rmtree(run)
+    report.write_report(Records(tmp_path / "fresh", root), doc, drop_unrecorded=True)
     rows = report.method_rows(doc.read_text())
     assert rows == report.method_rows(text) - {("sst2", "monteclora paper-5e-3")}
     assert report.KEPT not in doc.read_text()
+
+
+def test_lost_rows_are_those_gone_or_over_fewer_seeds():
+    def section(*rows: tuple[str, int]) -> str:
+        lines = ["## task", "", "| method | nll | seeds |", "|---|---|---|"]
+        return "\n".join([*lines, *(f"| {name} | 0.5 | {seeds} |" for name, seeds in rows)])
+
+    old = section(("lora", 3), ("checkpoint-ensemble (m3)", 3), ("laplace", 3), ("bayes", 2))
+    new = section(("lora", 2), ("checkpoint-ensemble (m2)", 3), ("bayes", 3))
+    assert report.lost_rows(old, new) == {"lora", "laplace"}  # a different M is the same row
+    assert report.lost_rows(old, old) == set() and report.lost_rows("", new) == set()
 
 
 def test_records_of_other_settings_are_not_read(study, tmp_path, caplog):
