@@ -358,14 +358,16 @@ def _name_seed(out: Path) -> tuple[str, int]:
 
 def training_jobs(args, root: Path, task: str, recorded=nothing_recorded) -> list[list[str]]:
     """The training commands of ``task`` still to run: those neither finished here nor
-    ``recorded``, and the source runs (LoRA's, the default's) not here that a pending post-hoc
-    command reads.
+    ``recorded``, the source runs (LoRA's, the default's) not here that a pending post-hoc
+    command reads, and, where anything else is to run and no LoRA run is here, LoRA's seed 0:
+    the reference every run recorded here is costed against (``lora_seconds``).
 
     Raises ``SystemExit`` naming every finished run trained with other settings than the
     study's (say after ``TASKS`` changed): move those aside to rerun them; nothing is deleted.
     """
     jobs, stale = [], []
-    read = {arg for _, command in pending_post_hoc(args, root, task, recorded) for arg in command}
+    pending = pending_post_hoc(args, root, task, recorded)
+    read = {arg for _, command in pending for arg in command}
     for seed in ENSEMBLE_SEEDS:
         for name in (m for m in TASKS[task].methods if m in args.methods):
             if seed not in seeds_of(name):
@@ -376,6 +378,11 @@ def training_jobs(args, root: Path, task: str, recorded=nothing_recorded) -> lis
                     stale.append(f"{out}: {', '.join(differences)}")
             elif not recorded(task, name, seed) or str(out) in read:
                 jobs.append(command)
+    outs = {Path(c[c.index("--output-dir") + 1]) for c in jobs}
+    lora = {run_dir(root, task, "lora", s) for s in seeds_of("lora")}
+    here = outs & lora or any((run / runs.METRICS_FILE).is_file() for run in lora)
+    if (outs - lora or pending) and not here:
+        jobs.insert(0, train_command(args, task, "lora", 0))
     if stale:
         raise SystemExit(
             "finished runs trained with other settings than the study's; move them aside "

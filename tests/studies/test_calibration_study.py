@@ -942,6 +942,22 @@ def test_run_study_skips_recorded_runs_but_retrains_lora_for_a_pending_baseline(
     assert trained == ["lora-s1", "lora-s3"]
 
 
+def test_a_run_to_train_brings_lora_seed_0_along_as_its_cost_reference(tmp_path, recorder):
+    root = tmp_path / "study"
+    args = _args(root, tasks=["rte"], methods=["lora", "bayes-t0.1"], post_hoc=[])
+
+    def recorded(task, name, seed):
+        return (name, seed) != ("bayes-t0.1", 2)
+
+    calibration.run_study(args, recorded)
+    assert [_out_name(c) for c in recorder[-1].commands] == ["lora-s0", "bayes-t0.1-s2"]
+    _finished(calibration.run_dir(root, "rte", "lora", 3))  # a LoRA run here already times
+    calibration.run_study(args, recorded)
+    assert [_out_name(c) for c in recorder[-1].commands] == ["bayes-t0.1-s2"]
+    calibration.run_study(args, lambda task, name, seed: True)  # nothing to run: no reference
+    assert recorder[-1].commands == []
+
+
 def test_record_only_records_every_finished_run_and_keeps_older_records(study, tmp_path):
     root, directory = tmp_path / "runs", tmp_path / "records"
     shutil.copytree(study / "cola", root / "cola")
@@ -1010,9 +1026,10 @@ def test_the_default_is_temperature_scaled_from_its_own_runs(tmp_path, recorder)
     args = _args(root, tasks=["mrpc"], methods=["lora", glr], post_hoc=post_hoc)
     calibration.run_study(args, recorded)
     commands = recorder[-1].commands
-    # the default's run of that seed is its source: retrained here, LoRA's are not needed
+    # the default's run of that seed is its source: retrained here; of LoRA's, seed 0 only,
+    # the reference the retrained run is costed against
     trained = sorted(_out_name(c) for c in commands if c[2] == "train")
-    assert trained == [f"{glr}-s1"]
+    assert trained == [f"{glr}-s1", "lora-s0"]
     source = calibration.run_dir(root, "mrpc", glr, 1)
     out = calibration.run_dir(root, "mrpc", "default-temperature", 1)
     calibrated = [c for c in commands if c[1] == "calibrate"]
