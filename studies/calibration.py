@@ -483,7 +483,7 @@ def main() -> None:
     records = Records(Path(args.doc).parent / "calibration", Path(args.output_dir))
     if args.record_only:
         logger.info("%d runs recorded in %s", records.record_present(), records.directory)
-        records.save(prune=False)
+        records.save()
         return
     if not args.report_only:
         run_study(args, records.recorded)

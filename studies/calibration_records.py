@@ -152,7 +152,6 @@ class Records:
             ) from err
         self.seconds = command_seconds(root)
         self._refreshed: set[str] = set()
-        self._drawn: set[str] = set()
 
     @staticmethod
     def key(task: str, name: str, seed: int) -> str:
@@ -214,7 +213,6 @@ class Records:
         if f"{key}/probs" not in self.probs:
             logger.warning("seed 0's predictions of %s are not recorded: not drawn", key)
             return None
-        self._drawn.add(key)
         return self.probs[f"{key}/probs"], self.probs[f"{key}/labels"]
 
     def record_present(self) -> int:
@@ -231,13 +229,11 @@ class Records:
                         self.seed_probs(task, name)
         return count
 
-    def save(self, prune: bool = True) -> None:
-        """Write both files; with ``prune``, keep the probabilities of the runs a figure drew
-        this time only (those of the report), else all of them."""
+    def save(self) -> None:
+        """Write both files, with the seed-0 probabilities of every recorded run (not only of
+        those the report draws now: another selection may draw them where the runs are gone)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.figures, indent=1, sort_keys=True, allow_nan=False) + "\n"
         atomic_write_text(self.directory / RECORDS_FILE, text)
-        kept = {
-            k: v for k, v in self.probs.items() if not prune or k.rsplit("/", 1)[0] in self._drawn
-        }
+        kept = {k: v for k, v in self.probs.items() if k.rsplit("/", 1)[0] in self.figures}
         np.savez_compressed(self.directory / PROBS_FILE, **dict(sorted(kept.items())))

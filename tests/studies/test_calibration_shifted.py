@@ -91,7 +91,7 @@ def test_the_section_regenerates_from_the_records_without_the_runs(movie_runs, t
     records = Records(directory, root)
     section = shifted.shifted_section(records)
     assert records.record_present() == 3 + 4 + 1  # temperature, LoRA, the ensemble
-    records.save(prune=False)
+    records.save()
     lora = f"| lora | 3 | {np.mean([30 / N_OUT] * 3):.3f} ± 0.000 | "
     tweets_ece = [_ece(30, c) for c in LORA_CONFIDENCE[:3]]
     assert lora + f"{np.mean(tweets_ece):.3f} ± {np.std(tweets_ece, ddof=1):.3f} |" in section
@@ -143,7 +143,7 @@ def test_a_domain_not_evaluated_here_keeps_its_recorded_figures(movie_runs, tmp_
     shutil.copytree(movie_runs, root)
     records = Records(directory, root)
     records.record_present()
-    records.save(prune=False)
+    records.save()
     before = records.get(TASK, "temperature", 0)["shifted"]
     shutil.rmtree(calibration.run_dir(root, TASK, "lora", 0))  # what temperature-s0 scales
     lora = calibration.run_dir(root, TASK, "lora", 1)
@@ -163,7 +163,7 @@ def test_the_study_skips_the_movie_review_runs_its_records_hold(movie_runs, tmp_
     shutil.copytree(movie_runs, root)
     records = Records(directory, root)
     records.record_present()
-    records.save(prune=False)
+    records.save()
     shutil.rmtree(root)
     args = calibration.argparse.Namespace(
         output_dir=str(root), data_dir=None, threads=1, workers=1, tasks=[TASK],

@@ -729,7 +729,7 @@ def test_a_run_is_costed_against_the_lora_runs_timed_beside_it(study, tmp_path):
         "eval_seconds": 10.0,
     }
     records.record_present()
-    records.save(prune=False)
+    records.save()
     for name in calibration.TRAINED:  # the next machine: LoRA rerun there, nothing else
         for run in (root / "sst2").glob(f"{name}-s*"):
             if name != "lora":
@@ -739,7 +739,7 @@ def test_a_run_is_costed_against_the_lora_runs_timed_beside_it(study, tmp_path):
     records = Records(directory, root)
     assert report.TaskResults(records, "sst2").cost("paper-5e-3") == pytest.approx((1.15, 3.0))
     assert records.get("sst2", "lora", 0)["train_seconds"] == 80.0
-    records.save(prune=False)
+    records.save()
 
     figures = json.loads((directory / "records.json").read_text())
     for seed in calibration.SEEDS:
@@ -829,6 +829,7 @@ def test_the_report_regenerates_from_its_records_without_the_runs(study, tmp_pat
         keys = set(saved.files)
         lora = saved["sst2/lora-s0/probs"]
     assert "sst2/lora-s0/labels" in keys and "sst2/paper-5e-3-s0/probs" in keys
+    assert "sst2/bayes-s0/probs" in keys  # recorded, though no figure draws it now
     expected = make_predictions(N_DEV, SST2_DEV["lora"][0][0], SST2_DEV["lora"][1], seed=0)
     assert np.array_equal(lora, expected.predictive_probs)
 
@@ -964,12 +965,12 @@ def test_record_only_records_every_finished_run_and_keeps_older_records(study, t
     _interrupted(calibration.run_dir(root, "cola", "mc-dropout", 0))  # not finished: skipped
     records = Records(directory, root)
     assert records.record_present() == 2 * len(calibration.SEEDS)  # lora, bayes-t0.1
-    records.save(prune=False)
+    records.save()
     shutil.rmtree(root / "cola")
     shutil.copytree(study / "rte", root / "rte")  # the next machine's runs
     records = Records(directory, root)
     assert records.record_present() == 2 * len(calibration.SEEDS)
-    records.save(prune=False)
+    records.save()
     figures = json.loads((directory / "records.json").read_text())
     expected = {
         Records.key(task, name, seed)
