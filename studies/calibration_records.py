@@ -152,6 +152,7 @@ class Records:
             ) from err
         self.seconds = command_seconds(root)
         self._refreshed: set[str] = set()
+        self._lora_seconds: dict[str, dict | None] = {}  # by task: lora_seconds, read once
 
     @staticmethod
     def key(task: str, name: str, seed: int) -> str:
@@ -180,19 +181,19 @@ class Records:
                 logger.warning("%s trained with other settings, not read: %s", run, stale)
                 self.figures.pop(key, None)
             else:
-                recorded = self.figures.get(key)
-                if recorded and recorded["options"] != expected_options(task, name, seed):
-                    recorded = None
+                before = self.figures.get(key) or {}
                 predictions = runs.read_predictions(run)
                 seconds = self.seconds.get(str(run))
-                reference = lora_seconds(self.root, task)
+                if task not in self._lora_seconds:
+                    self._lora_seconds[task] = lora_seconds(self.root, task)
                 self.figures[key] = figures_of(
-                    run, predictions, task, name, seed, seconds, reference
+                    run, predictions, task, name, seed, seconds, self._lora_seconds[task]
                 )
                 if task == TASK:  # a domain not evaluated here keeps its recorded figures
+                    same = before.get("options") == self.figures[key]["options"]
                     shifted = shifted_figures(self.root, name, seed)
                     self.figures[key]["shifted"] = {
-                        **(recorded or {}).get("shifted", {}),
+                        **(before.get("shifted", {}) if same else {}),
                         **{domain: _finite_scores(found) for domain, found in shifted.items()},
                     }
                 elif seed == 0:
