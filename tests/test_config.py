@@ -164,3 +164,16 @@ def test_the_help_of_an_option_a_preset_sets_gives_both_defaults(monkeypatch):
         assert f"(default: {default}; --preset uncertainty: {value})" in text, name
     sweep = parser._subparsers._group_actions[0].choices["sweep"]
     assert sweep.get_default("epochs") == TrainConfig().epochs  # no preset in a sweep
+
+
+def test_command_line_epochs_take_a_fraction_and_keep_a_whole_number_an_integer():
+    from monteclora_pyro.cli import build_parser
+    from monteclora_pyro.cli.options import configs
+
+    def epochs(text: str):
+        return configs(build_parser().parse_args(["train", "--epochs", text]))[0].epochs
+
+    assert epochs("0.5") == 0.5
+    assert [(epochs(t), type(epochs(t))) for t in ("3", "3.0")] == [(3, int), (3, int)]
+    with pytest.raises(ValueError, match=r"TrainConfig.epochs=-1 is invalid: .*> 0"):
+        epochs("-1")

@@ -286,6 +286,7 @@ def test_grid_option_parses_values_with_the_type_of_the_field():
     args = _parse_sweep(
         *("--grid", "sample-scaler=1e-4, 5e-3", "--grid", "objective=paper,bayes"),
         *("--grid", "max_steps=none,3", "--grid", "r=2", "--grid", "eval_every_epoch=false,true"),
+        *("--grid", "epochs=0.5,2"),
     )
     assert args.grid == {
         "sample_scaler": [1e-4, 5e-3],
@@ -293,8 +294,10 @@ def test_grid_option_parses_values_with_the_type_of_the_field():
         "max_steps": [None, 3],
         "r": [2],
         "eval_every_epoch": [False, True],
+        "epochs": [0.5, 2],
     }
     assert isinstance(args.grid["r"][0], int) and isinstance(args.grid["max_steps"][1], int)
+    assert isinstance(args.grid["epochs"][1], int)  # a whole number saved as one
     assert _parse_sweep().grid is None
 
 
@@ -304,6 +307,7 @@ def test_grid_option_parses_values_with_the_type_of_the_field():
         ("samples=2", "unknown field 'samples'; grid fields: checkpoint_every"),
         ("sample_scaler=small", "sample_scaler: 'small' is not a number"),
         ("r=2.5", "r: '2.5' is not an integer"),
+        ("epochs=half", "epochs: 'half' is not a number"),
         ("guide_lr=fast", "'fast' is not a number or 'none'"),
         ("r=", "r: the list of values is empty"),
         ("r=2,2", "repeated values"),

@@ -208,6 +208,10 @@ def test_evaluating_on_a_task_with_another_label_set_fails(toy_assets, tmp_path)
         ("freeze_adapter_after_delay", True, "holds the adapter after guide_delay_ratio"),
         ("freeze_adapter_after_delay", "yes", "True or False"),
         ("device", "gpu0", "a torch device"),
+        ("epochs", 0, "> 0"),
+        ("epochs", float("inf"), "finite number > 0"),
+        ("epochs", True, "a number"),
+        ("epochs", "3", "a number"),
     ],
 )
 def test_invalid_train_config(field, value, fragment):
@@ -220,6 +224,27 @@ def test_invalid_train_config(field, value, fragment):
         TrainConfig(**{field: value})
     with pytest.raises(ValueError, match="unknown task 'glue-9'|glue-9"):
         TrainConfig(task="glue-9")
+
+
+def test_a_fraction_of_an_epoch_is_the_run_of_as_many_steps_rounded_up(toy_assets, tmp_path):
+    """1.3 epochs of 8 steps are 11 steps (10.4 rounded up): the same run, losses, schedule
+    and predictions, as ``max_steps=11``; it evaluates at the first epoch's end and its last
+    step."""
+    assert TrainConfig(epochs=0.1).total_steps(30) == 3  # 0.1 x 30 is 3.0000000000000004
+    assert TrainConfig(epochs=0.5, max_steps=7).total_steps(113) == 7
+    settings = {"a": {"epochs": 1.3}, "b": {"max_steps": 11}}
+    fraction, steps = (
+        train(_config(toy_assets, tmp_path / d, **o), MonteCLoRAConfig(r=4), progress=False)
+        for d, o in settings.items()
+    )
+    assert fraction["steps"] == steps["steps"] == 11
+    keys = ("step", "epoch", "lr", "loss")
+    assert [[r[k] for k in keys] for r in _history(tmp_path / "a")] == [
+        [r[k] for k in keys] for r in _history(tmp_path / "b")
+    ]
+    assert [r["step"] for r in _history(tmp_path / "a", "eval")] == [8, 11]
+    probs = [Predictions.load(tmp_path / d / "predictions.npz").draw_probs for d in settings]
+    np.testing.assert_array_equal(*probs)
 
 
 def test_a_device_this_machine_lacks_is_refused_before_anything_is_written(toy_assets, tmp_path):

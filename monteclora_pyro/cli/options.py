@@ -70,9 +70,10 @@ def train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
     )
     add(
         "--epochs",
-        type=int,
+        type=epochs_value,
         default=d.epochs,
-        help="passes over the training set (default: %(default)s)",
+        help="passes over the training set; a fraction (0.5) stops part-way through the "
+        "last (default: %(default)s)",
     )
     add("--max-steps", type=int, default=None, help="total steps; overrides --epochs")
     add("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
@@ -249,6 +250,12 @@ def optional_float(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
+def epochs_value(text: str) -> int | float:
+    """``--epochs``: a whole number stays an int (as saved in ``config.json``), else a float."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 def configs(args: argparse.Namespace) -> tuple[TrainConfig, MonteCLoRAConfig]:
     return train_config(args), model_config(model_options(args), getattr(args, "preset", None))
 
@@ -339,8 +346,9 @@ def _grid_value(field: str, text: str) -> object:
     (kind,) = [k for k in typing.get_args(hint) or (hint,) if k is not type(None)]
     if optional and text.lower() == "none":
         return None
+    parse = epochs_value if field == "epochs" else kind
     try:
-        return _BOOLS[text.lower()] if kind is bool else kind(text)
+        return _BOOLS[text.lower()] if kind is bool else parse(text)
     except (KeyError, ValueError):
         expected = _KINDS[kind] + (" or 'none'" if optional else "")
         raise argparse.ArgumentTypeError(f"{field}: {text!r} is not {expected}") from None

@@ -54,8 +54,11 @@ class TrainConfig:
         A method of :data:`monteclora_pyro.training.methods.METHODS`: ``"monteclora"`` and
         ``"lora"`` (our Pyro model with MonteCLoRAGuide or LoRAGuide), ``"peft-lora"`` and
         ``"peft-monteclora"`` (PEFT's, needs the ``peft`` extra), all on the same loop.
-    epochs : int
-        Passes over the training set, unless ``max_steps`` is set.
+    epochs : float
+        Passes over the training set, unless ``max_steps`` is set. A fraction stops part-way
+        through the last pass, after ``ceil(epochs × steps per epoch)`` steps (e.g. 0.5 for a
+        guide trained around a finished run, ``from_run``); the learning-rate schedule spans
+        the steps taken.
     max_steps : int or None
         Total optimisation steps; overrides ``epochs``. 0 only evaluates the untrained adapter,
         which equals the backbone (B = 0): the "before" of a fine-tune.
@@ -147,7 +150,7 @@ class TrainConfig:
     task: str = DEFAULT_TASK
     data_dir: str | None = None
     method: str = "monteclora"
-    epochs: int = 3
+    epochs: float = 3
     max_steps: int | None = None
     batch_size: int = 16
     lr: float = 5e-4
@@ -180,7 +183,12 @@ class TrainConfig:
         def fail(name: str, allowed: str) -> None:
             raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is invalid: {allowed}")
 
-        for name in ("epochs", "batch_size", "max_length", "num_samples", "checkpoint_every"):
+        epochs = self.epochs
+        if isinstance(epochs, bool) or not isinstance(epochs, int | float):
+            fail("epochs", "it must be a number > 0")
+        if not (epochs > 0 and math.isfinite(epochs)):
+            fail("epochs", "it must be a finite number > 0")
+        for name in ("batch_size", "max_length", "num_samples", "checkpoint_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 fail(name, "it must be an integer >= 1")
@@ -254,8 +262,15 @@ class TrainConfig:
                 "method", f"{self.method} runs {' and '.join(allowed)} tasks only, not {likelihood}"
             )
 
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The run's optimisation steps: ``max_steps``, else ``epochs`` passes of
+        ``steps_per_epoch``, a part of one rounded up."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return math.ceil(round(self.epochs * steps_per_epoch, 9))
 
-def two_phase_training(epochs: int, delay: float = 0.5) -> dict:
+
+def two_phase_training(epochs: float, delay: float = 0.5) -> dict:
     """``TrainConfig`` settings that train the adapter as a LoRA run of ``epochs`` would, then
     the guide alone around it.
 

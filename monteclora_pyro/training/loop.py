@@ -126,11 +126,7 @@ class Trainer:
         self.params = self.method.params
         self.variational = self.method.variational_parameters()
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
-        self.total_steps = (
-            config.max_steps
-            if config.max_steps is not None
-            else config.epochs * self.steps_per_epoch
-        )
+        self.total_steps = config.total_steps(self.steps_per_epoch)
         self.variational_ids = {id(p) for p in self.variational.values()}
         self.optimizer = make_optimizer(self.params, self.variational_ids, config)
         self.guide_delay = int(config.guide_delay_ratio * self.total_steps)
