@@ -107,23 +107,25 @@ TRAINED = {  # name -> the method's own options
     GUIDE1: _tempered("0.01", *_frozen(ONE_GUIDE_EPOCH), "--guide-lr", "0.2"),
 }
 DEFAULT_GLR = "bayes-t0.01-freeze-glr0.2"  # on every task; the default since the ninth pass
-# The default's guide phase of one epoch (GUIDE1's) trained post hoc around each finished LoRA
-# run (train --from-run): its plug-in prediction is LoRA's, so what it adds is the draws'
-# (twelfth pass).
-GUIDED = "lora-guide1"
-GUIDED_OPTIONS = ("--epochs", "1", *COMMON, *_tempered("0.01", "--guide-lr", "0.2"))
-MONTECLORA = (*(n for n in TRAINED if n.startswith(("paper-", "bayes"))), GUIDED)
-TRAINS = (*TRAINED, GUIDED)  # the runs a train command makes (train_options)
+# The default's guide phase (GUIDE1's) trained post hoc around each finished LoRA run (train
+# --from-run) for one epoch (twelfth pass) or half of one, with the schedule over that half
+# (fourteenth): its plug-in prediction is LoRA's, so what it adds is the draws'. Name -> epochs.
+GUIDE_ONE, GUIDE_HALF = "lora-guide1", "lora-guide0.5"
+GUIDED = {GUIDE_ONE: "1", GUIDE_HALF: "0.5"}
+GUIDE_OPTIONS = (*COMMON, *_tempered("0.01", "--guide-lr", "0.2"))
+MONTECLORA = (*(n for n in TRAINED if n.startswith(("paper-", "bayes"))), *GUIDED)
+TRAINS = (*TRAINED, *GUIDED)  # the runs a train command makes (train_options)
 # temperature scaling of the default's runs (the plug-in's T and the draws' T_pred fitted
 # apart); every other post-hoc baseline derives from the LoRA runs
 POST_HOC_SOURCES = {"default-temperature": DEFAULT_GLR}
 POST_HOC = (
-    "temperature", "laplace", "checkpoint-ensemble", "deep-ensemble", "default-temperature", GUIDED,
+    "temperature", "laplace", "checkpoint-ensemble", "deep-ensemble", "default-temperature",
+    *GUIDED,
 )  # fmt: skip
 POST_HOC_DIRS = (
     "temperature",
     "default-temperature",
-    GUIDED,
+    *GUIDED,
     "laplace",
     *(f"checkpoint-ensemble-m{m}" for m in CHECKPOINT_MEMBERS),
     "deep-ensemble-m3",
@@ -134,7 +136,7 @@ POST_HOC_DIRS = (
 CORE = ("lora", "mc-dropout", "bayes-t0.1", "bayes-t0.01")  # LoRA, its cheapest rival, the
 # tempered Bayesian objective at the temperature SST-2 selected and at a tenth of it
 CORE_POST_HOC = (
-    "temperature", "checkpoint-ensemble", "deep-ensemble", "default-temperature", GUIDED,
+    "temperature", "checkpoint-ensemble", "deep-ensemble", "default-temperature", GUIDE_ONE,
 )  # fmt: skip
 # RTE: T = 0.01 (seed 0 only) gave way to time, the delayed guide (the default) was added;
 # MRPC and CoLA, where T = 0.1 collapsed: the prior at LoRA's initialisation and the delay
@@ -217,14 +219,14 @@ def study_options(task: str, name: str, seed: int) -> list[str]:
     return [*data_options(task, seed), "--epochs", str(epochs), *COMMON, *TRAINED[name]]
 
 
-def guided_options(task: str, seed: int) -> list[str]:
+def guided_options(task: str, name: str, seed: int) -> list[str]:
     """What a :data:`GUIDED` run trains around the LoRA run of its seed (which it reads)."""
-    return [*data_options(task, seed), *GUIDED_OPTIONS]
+    return [*data_options(task, seed), "--epochs", GUIDED[name], *GUIDE_OPTIONS]
 
 
 def train_options(task: str, name: str, seed: int) -> list[str]:
     """The ``train`` options of a run of :data:`TRAINS`."""
-    return guided_options(task, seed) if name == GUIDED else study_options(task, name, seed)
+    return guided_options(task, name, seed) if name in GUIDED else study_options(task, name, seed)
 
 
 def train_command(args, task: str, name: str, seed: int) -> list[str]:
@@ -246,10 +248,11 @@ def post_hoc_commands(
     jobs = []
     for seed in SEEDS:
         lora = str(run_dir(root, task, "lora", seed))
-        out = run_dir(root, task, GUIDED, seed)
-        command = ["monteclora", *guided_options(task, seed), "--from-run", lora, *data]
-        resume = ["--resume"] if runs.is_run(out) else []  # a training run: from its checkpoint
-        jobs.append((out, [*command, *resume, "--output-dir", str(out)]))
+        for name in GUIDED:
+            out = run_dir(root, task, name, seed)
+            command = ["monteclora", *guided_options(task, name, seed), "--from-run", lora, *data]
+            resume = ["--resume"] if runs.is_run(out) else []  # a training run: its checkpoint
+            jobs.append((out, [*command, *resume, "--output-dir", str(out)]))
         for name in ("temperature", "default-temperature"):
             source = run_dir(root, task, source_of(name), seed)
             out = run_dir(root, task, name, seed)
@@ -406,7 +409,7 @@ def post_hoc_jobs(args, root: Path, task: str, recorded=nothing_recorded) -> lis
         ]
     for out, _ in post:
         name = out.name.split("-s")[0]
-        if runs.is_run(out) and name in POST_HOC_DIRS and name != GUIDED:
+        if runs.is_run(out) and name in POST_HOC_DIRS and name not in GUIDED:
             shutil.rmtree(out)
     return [command for _, command in post]
 

@@ -67,7 +67,7 @@ def expected_options(task: str, name: str, seed: int) -> str:
     if name in TRAINED:
         return " ".join(study_options(task, name, seed))
     source = " ".join(study_options(task, source_of(name), 0))
-    return f"{source} | {' '.join(train_options(task, name, 0))}" if name == GUIDED else source
+    return f"{source} | {' '.join(train_options(task, name, 0))}" if name in GUIDED else source
 
 
 def _finite(value: float | None) -> float | None:

@@ -88,7 +88,7 @@ class TaskResults:
             deep = name.startswith("deep")
             return (float(m) if deep else 1.0), float(m)
         source = self.ratio(source_of(name), "train_seconds")
-        if name == GUIDED:  # a training run: its steps' and its evaluation's wall times
+        if name in GUIDED:  # a training run: its steps' and its evaluation's wall times
             return source + self.ratio(name, "train_seconds"), self.ratio(name, "eval_seconds")
         return source + self.ratio(name, "command_seconds", "train_seconds"), math.nan
 

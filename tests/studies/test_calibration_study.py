@@ -8,6 +8,7 @@ whose accuracy, NLL and ECE follow in closed form from how they are built.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import shutil
@@ -237,8 +238,8 @@ def test_run_study_schedules_the_task_methods_only(tmp_path, recorder):
     _interrupted(half_ensemble)  # a post-hoc output cut off: removed, then redone
     stale_laplace = calibration.run_dir(root, task, "laplace", 0)
     _interrupted(stale_laplace)  # not one of MRPC's baselines: left alone
-    half_guide = calibration.run_dir(root, task, calibration.GUIDED, 1)
-    _interrupted(half_guide)  # a training run: resumed from its checkpoint, not removed
+    cut_guide = calibration.run_dir(root, task, calibration.GUIDE_ONE, 1)
+    _interrupted(cut_guide)  # a training run: resumed from its checkpoint, not removed
     args = _args(root, tasks=[task], methods=["lora", "bayes-t0.1", "peft-monteclora"])
 
     calibration.run_study(args)
@@ -264,22 +265,23 @@ def test_run_study_schedules_the_task_methods_only(tmp_path, recorder):
         for out, command in calibration.post_hoc_commands(root, task)
         if not out.name.startswith(("laplace", "default-temperature"))  # the default's source
         and out.name != "temperature-s1"  # is not among the methods
+        and not out.name.startswith(calibration.GUIDE_HALF)  # SST-2's only
     }
     assert sorted(expected) == sorted(
         ["temperature-s0", "temperature-s2"]
         + [f"checkpoint-ensemble-m{m}-s{s}" for m in (2, 3) for s in (0, 1, 2)]
         + [f"deep-ensemble-m3-s{s}" for s in range(4)]
         + ["deep-ensemble-m4-s0"]
-        + [f"{calibration.GUIDED}-s{s}" for s in (0, 1, 2)]  # LoRA's guide, trained post hoc
+        + [f"{calibration.GUIDE_ONE}-s{s}" for s in (0, 1, 2)]  # LoRA's guide, trained post hoc
     )
     assert sorted(post) == sorted(expected.values())
     assert {c[1] for c in post} == {"calibrate", "checkpoint-ensemble", "ensemble", "--quiet"}
 
     assert not half_ensemble.exists()  # the fake runner wrote nothing back
-    assert runs.is_run(half_guide)
+    assert runs.is_run(cut_guide)
     guided = {_out_name(c): c for c in post if "--from-run" in c}
-    assert [n for n, c in guided.items() if "--resume" in c] == [half_guide.name]
-    assert guided[half_guide.name][-3:] == ["--resume", "--output-dir", str(half_guide)]
+    assert [n for n, c in guided.items() if "--resume" in c] == [cut_guide.name]
+    assert guided[cut_guide.name][-3:] == ["--resume", "--output-dir", str(cut_guide)]
     assert runs.is_run(stale_laplace)
     assert runs.is_run(calibration.run_dir(root, task, "bayes-t0.1", 1))
     assert (root / task / "lora-s2" / runs.METRICS_FILE).is_file()
@@ -1076,12 +1078,15 @@ def test_the_default_temperature_row_costs_the_default_plus_the_fit(tmp_path):
 
 def test_the_guided_runs_train_guide1s_guide_phase_around_the_lora_run_of_their_seed(tmp_path):
     """lora-guide1 is GUIDE1 with its LoRA phase replaced by the LoRA run itself: the same
-    model and guide settings, one epoch of the guide alone, read from ``--from-run``."""
-    parser, guided = build_parser(), calibration.GUIDED
+    model and guide settings, one epoch of the guide alone, read from ``--from-run``;
+    lora-guide0.5 the same over half an epoch, on SST-2 (where LoRA's runs are)."""
+    parser = build_parser()
+    assert calibration.GUIDE_HALF in calibration.TASKS["sst2"].post_hoc
     for task in calibration.REPORTED:
-        assert guided in calibration.TASKS[task].post_hoc
+        assert calibration.GUIDE_ONE in calibration.TASKS[task].post_hoc
         jobs = dict(calibration.post_hoc_commands(tmp_path, task, "/glue"))
-        for seed in calibration.SEEDS:
+        guides = [("lora-guide1", 1), ("lora-guide0.5", 0.5)]
+        for seed, (guided, epochs) in itertools.product(calibration.SEEDS, guides):
             command = jobs[calibration.run_dir(tmp_path, task, guided, seed)]
             lora = calibration.run_dir(tmp_path, task, "lora", seed)
             train, model = configs(parser.parse_args(command[1:]))
@@ -1095,18 +1100,24 @@ def test_the_guided_runs_train_guide1s_guide_phase_around_the_lora_run_of_their_
                 "guide_lr_restart": True,
                 "freeze_adapter_after_delay": True,
             }
-            assert train.epochs == train1.epochs - calibration.TASKS[task].epochs == 1
+            assert train1.epochs - calibration.TASKS[task].epochs == 1
+            assert train.epochs == epochs
             unchanged = {"epochs", "from_run", "data_dir", "output_dir", *phases}
             for field in dataclasses.fields(train):
                 if field.name not in unchanged:
                     assert getattr(train, field.name) == getattr(train1, field.name), field.name
-    assert expected_options("mrpc", guided, 2) == " ".join(
-        [*calibration.study_options("mrpc", "lora", 0), "|", *calibration.guided_options("mrpc", 0)]
-    )
+    for guided in calibration.GUIDED:
+        assert expected_options("mrpc", guided, 2) == " ".join(
+            [
+                *calibration.study_options("mrpc", "lora", 0),
+                "|",
+                *calibration.guided_options("mrpc", guided, 0),
+            ]
+        )
 
 
 def test_the_guided_row_costs_lora_plus_the_guides_training_and_shows_what_draws_add(tmp_path):
-    guided = calibration.GUIDED
+    guided = calibration.GUIDE_HALF
     log, lora_train = [], _lora_runs(tmp_path, "mrpc")
     for seed in calibration.SEEDS:
         predictions = make_predictions(N_DEV, 150, 0.8, draws=2, seed=seed)
