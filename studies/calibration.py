@@ -136,7 +136,7 @@ POST_HOC_DIRS = (
 CORE = ("lora", "mc-dropout", "bayes-t0.1", "bayes-t0.01")  # LoRA, its cheapest rival, the
 # tempered Bayesian objective at the temperature SST-2 selected and at a tenth of it
 CORE_POST_HOC = (
-    "temperature", "checkpoint-ensemble", "deep-ensemble", "default-temperature", GUIDE_ONE,
+    "temperature", "checkpoint-ensemble", "deep-ensemble", "default-temperature", *GUIDED,
 )  # fmt: skip
 # RTE: T = 0.01 (seed 0 only) gave way to time, the delayed guide (the default) was added;
 # MRPC and CoLA, where T = 0.1 collapsed: the prior at LoRA's initialisation and the delay
