@@ -360,10 +360,20 @@ def reliability_figure(
 
 def default_setting(selections: dict) -> str | None:
     """The setting selected on the most tasks that compared several (ties: the lowest mean
-    validation-NLL rank on those tasks); a task that ran one setting only tests it, and a task
-    that selected none ranks nothing: neither has a vote."""
+    validation-NLL rank on those tasks), among the settings every such task ran: a task
+    whose choice another did not run votes for its best eligible setting that all ran. A
+    task that ran one setting only tests it, and a task that selected none ranks nothing:
+    neither has a vote."""
     voted = [(c, table) for c, table in selections.values() if c and len(table) > 1]
-    chosen = [c for c, _ in voted]
+    if not voted:
+        return None
+    common = set.intersection(*({r["setting"] for r in table} for _, table in voted))
+    chosen = []
+    for choice, table in voted:
+        if choice not in common:
+            ran = [r for r in table if r["setting"] in common and r["eligible"]]
+            choice = min(ran, key=lambda r: r["val_nll"])["setting"] if ran else None
+        chosen += [choice] if choice else []
     if not chosen:
         return None
     ranks: dict[str, list[int]] = {}

@@ -590,8 +590,11 @@ def test_default_setting_ignores_single_setting_tasks(study):
     assert report.default_setting({t: selections[t] for t in ("mrpc", "cola", "rte")}) is None
 
 
-def _table(nlls: dict) -> list[dict]:
-    return [{"setting": s, "val_accuracy": 0.9, "val_nll": v} for s, v in nlls.items()]
+def _table(nlls: dict, ineligible: tuple[str, ...] = ()) -> list[dict]:
+    return [
+        {"setting": s, "val_accuracy": 0.9, "val_nll": v, "eligible": s not in ineligible}
+        for s, v in nlls.items()
+    ]
 
 
 def test_default_setting_majority_then_mean_rank():
@@ -607,6 +610,20 @@ def test_default_setting_majority_then_mean_rank():
     # nor does it rank: a ranks 0 there, which would break the tie for a (mean 2/3 against 1)
     ranked = {"x": ("a", first), "y": ("b", second), "z": (None, first)}
     assert report.default_setting(ranked) == "b"
+
+
+def test_the_default_is_a_setting_every_voting_task_ran():
+    """x selects n, which y did not run: x votes for its best eligible setting y ran (b, as
+    a is not eligible on x), so b has two votes; n's lower NLL ranks nothing."""
+    x = _table({"n": 0.05, "a": 0.1, "b": 0.2, "c": 0.3}, ineligible=("a",))
+    y = _table({"a": 0.3, "b": 0.1, "c": 0.2})
+    assert report.default_setting({"x": ("n", x), "y": ("b", y)}) == "b"
+    # one vote each for b and c: b ranks 2 and 0, c 3 and 1
+    assert report.default_setting({"x": ("n", x), "y": ("c", y)}) == "b"
+    # nothing eligible that y ran: x casts no vote
+    only = _table({"n": 0.05, "a": 0.1}, ineligible=("a",))
+    y = _table({"a": 0.1, "b": 0.2})
+    assert report.default_setting({"x": ("n", only), "y": ("a", y)}) == "a"
 
 
 def test_chance_scores_are_those_of_the_constant_majority_prediction():
