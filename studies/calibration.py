@@ -110,8 +110,7 @@ DEFAULT_GLR = "bayes-t0.01-freeze-glr0.2"  # on every task; the default since th
 # The default's guide phase (GUIDE1's) trained post hoc around each finished LoRA run (train
 # --from-run) for one epoch (twelfth pass) or half of one, with the schedule over that half
 # (fourteenth): its plug-in prediction is LoRA's, so what it adds is the draws'. Name -> epochs.
-GUIDE_ONE, GUIDE_HALF = "lora-guide1", "lora-guide0.5"
-GUIDED = {GUIDE_ONE: "1", GUIDE_HALF: "0.5"}
+GUIDED = {"lora-guide1": "1", "lora-guide0.5": "0.5"}
 GUIDE_OPTIONS = (*COMMON, *_tempered("0.01", "--guide-lr", "0.2"))
 MONTECLORA = (*(n for n in TRAINED if n.startswith(("paper-", "bayes"))), *GUIDED)
 TRAINS = (*TRAINED, *GUIDED)  # the runs a train command makes (train_options)

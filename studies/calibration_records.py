@@ -217,17 +217,15 @@ class Records:
         return self.probs[f"{key}/probs"], self.probs[f"{key}/labels"]
 
     def record_present(self) -> int:
-        """Record every finished run of a reported task or of movie reviews under ``root``,
-        with a reported task's seed-0 probabilities, as the report would; the number
-        recorded."""
+        """Record every finished run of a reported task or of movie reviews under ``root``
+        (with a reported task's seed-0 probabilities, :meth:`get`), as the report would; the
+        number recorded."""
         count = 0
         for task in (*REPORTED, TASK):
             for run in sorted((self.root / task).glob("*-s[0-9]*")):
                 name, seed = run.name.rsplit("-s", 1)
                 if name in (*TRAINED, *POST_HOC_DIRS) and seed.isdigit():
                     count += self.get(task, name, int(seed)) is not None
-                    if int(seed) == 0 and task != TASK:
-                        self.seed_probs(task, name)
         return count
 
     def save(self) -> None:

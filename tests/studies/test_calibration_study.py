@@ -238,7 +238,7 @@ def test_run_study_schedules_the_task_methods_only(tmp_path, recorder):
     _interrupted(half_ensemble)  # a post-hoc output cut off: removed, then redone
     stale_laplace = calibration.run_dir(root, task, "laplace", 0)
     _interrupted(stale_laplace)  # not one of MRPC's baselines: left alone
-    cut_guide = calibration.run_dir(root, task, calibration.GUIDE_ONE, 1)
+    cut_guide = calibration.run_dir(root, task, "lora-guide1", 1)
     _interrupted(cut_guide)  # a training run: resumed from its checkpoint, not removed
     args = _args(root, tasks=[task], methods=["lora", "bayes-t0.1", "peft-monteclora"])
 
@@ -1132,7 +1132,7 @@ def test_the_guided_runs_train_guide1s_guide_phase_around_the_lora_run_of_their_
 
 
 def test_the_guided_row_costs_lora_plus_the_guides_training_and_shows_what_draws_add(tmp_path):
-    guided = calibration.GUIDE_HALF
+    guided = "lora-guide0.5"
     log, lora_train = [], _lora_runs(tmp_path, "mrpc")
     for seed in calibration.SEEDS:
         predictions = make_predictions(N_DEV, 150, 0.8, draws=2, seed=seed)
