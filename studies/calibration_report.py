@@ -19,6 +19,7 @@ from calibration import (
     ENSEMBLE_SEEDS,
     GUIDED,
     MONTECLORA,
+    POST_HOC_DIRS,
     REPORTED,
     SEEDS,
     TASKS,
@@ -185,6 +186,25 @@ class TaskResults:
         return (chosen["setting"] if chosen else None), table
 
 
+def row_label(name: str) -> str:
+    """The method column of the row of ``name`` (a run name less its seed) in a task's table."""
+    if name.startswith(("checkpoint-ensemble-m", "deep-ensemble-m")):
+        base, m = name.rsplit("-m", 1)
+        return f"{base} (m{m})" if base == "checkpoint-ensemble" else f"{base} (M={m})"
+    if name == "default-temperature":
+        return f"monteclora {DEFAULT_GLR} + temperature"
+    return f"monteclora {name}" if name in MONTECLORA else name
+
+
+def planned_rows(task: str) -> set[str]:
+    """The rows (as :func:`_rows` names them) of the methods the study now runs on ``task``."""
+    setting = TASKS[task]
+    derived = [
+        n for n in POST_HOC_DIRS for b in setting.post_hoc if n == b or n.startswith(f"{b}-m")
+    ]
+    return {_row_name(row_label(n)) for n in (*setting.methods, *derived)}
+
+
 def task_section(
     results: TaskResults,
     figures: Path,
@@ -199,13 +219,11 @@ def task_section(
     chosen_m = results.select_checkpoint_members()
     chosen, selection = selected
     names = [
-        ("lora", None), ("mc-dropout", None), ("temperature", None), ("laplace", None),
-        (chosen_m, f"checkpoint-ensemble ({chosen_m[-2:] if chosen_m else ''})"),
-        ("deep-ensemble-m3", "deep-ensemble (M=3)"), ("deep-ensemble-m4", "deep-ensemble (M=4)"),
-        ("peft-monteclora", None), *[(n, f"monteclora {n}") for n in MONTECLORA],
-        ("default-temperature", f"monteclora {DEFAULT_GLR} + temperature"),
+        "lora", "mc-dropout", "temperature", "laplace", chosen_m, "deep-ensemble-m3",
+        "deep-ensemble-m4", "peft-monteclora", *MONTECLORA, "default-temperature",
     ]  # fmt: skip
-    rows = [r for name, label in names if name and (r := results.row(name, label))]
+    names = [(name, row_label(name)) for name in names if name]
+    rows = [r for name, label in names if (r := results.row(name, label))]
     if not rows:
         return f"## {task}\n\nNo finished runs yet.\n", {}
     extra = get_task_spec(task).metrics
@@ -226,9 +244,7 @@ def task_section(
         f"max_length {setting.max_length}. Reported: GLUE dev.\n"
     )
     text.append(table + "\n")
-    plug_in = [
-        r for name, label in names if name and (r := results.plug_in_row(name, label or name))
-    ]
+    plug_in = [r for name, label in names if (r := results.plug_in_row(name, label))]
     if plug_in:
         text.append(
             "What the draws add to their mean: ECE (15 bins) and NLL on GLUE dev of the plug-in "
@@ -290,6 +306,11 @@ def section_of(text: str, heading: str) -> str:
     return text[start + 1 : end if end > 0 else len(text)].strip()
 
 
+def _row_name(label: str) -> str:
+    """A row's method, a checkpoint ensemble's under one name whichever M was selected."""
+    return re.sub(r"^checkpoint-ensemble \(m\d+\)$", "checkpoint-ensemble", label)
+
+
 def _rows(section: str) -> dict[str, int]:
     """Seeds by method of the rows of a section's main table (the first with a method column);
     a checkpoint ensemble's row under one name whichever M its validation split selects."""
@@ -303,8 +324,9 @@ def _rows(section: str) -> dict[str, int]:
         if not line.startswith("| "):
             break
         cells = dict(zip(columns, (c.strip() for c in line.strip("|").split("|")), strict=False))
-        name = re.sub(r"^checkpoint-ensemble \(m\d+\)$", "checkpoint-ensemble", cells["method"])
-        found[name] = int(cells["seeds"]) if cells.get("seeds", "").isdigit() else 0
+        found[_row_name(cells["method"])] = (
+            int(cells["seeds"]) if cells.get("seeds", "").isdigit() else 0
+        )
     return found
 
 
@@ -403,28 +425,48 @@ def goal_row(task: str, data: dict, default: str) -> dict | None:
     return row
 
 
-def goals_section(sections: dict, default: str | None) -> str:
-    """Where the issue's goals land, per task, for the default MonteCLoRA setting."""
-    if default is None:
+def goals_section(sections: dict, selected: str | None, package: str = DEFAULT_GLR) -> str:
+    """Where the issue's goals land, per task, for the setting the validation splits select
+    and, where it differs, for the package's default (``package``) as well."""
+    if selected is None:
         return "## Goals\n\nNo MonteCLoRA setting has been selected yet.\n"
-    rows = [r for t, d in sections.items() if d and (r := goal_row(t, d, default))]
+    settings = list(dict.fromkeys((selected, package)))
+    rows = [
+        {"setting": s} | r
+        for s in settings
+        for t, d in sections.items()
+        if d and (r := goal_row(t, d, s))
+    ]
     if not rows:
         return "## Goals\n\nNo task has finished yet.\n"
-    missing = [t for t in sections if t not in {r["task"] for r in rows}]
-    absent = (
-        f" Not run or not finished for it (or for LoRA) on: {', '.join(missing)}."
-        if missing
-        else ""
-    )
+    if selected == package:
+        chosen = (
+            f"The default, selected on the validation splits of the tasks that compared "
+            f"MonteCLoRA settings: **{selected}** (`MonteCLoRAConfig.uncertainty()`)."
+        )
+    else:
+        chosen = (
+            f"The validation splits of the tasks that compared MonteCLoRA settings select "
+            f"**{selected}**; the package's default (`MonteCLoRAConfig.uncertainty()`) is still "
+            f"**{package}**, the study's earlier selection, until it is switched: both are shown."
+        )
+    notes = []
+    for s in settings:
+        done = {r["task"] for r in rows if r["setting"] == s}
+        met = sum(r["ECE goal"] == "met" for r in rows if r["setting"] == s)
+        missing = [t for t in sections if t not in done]
+        absent = (
+            f"; not run or not finished (or LoRA not) on {', '.join(missing)}" if missing else ""
+        )
+        notes.append(f"{s}: the ECE goal is met on {met} of {len(done)} tasks{absent}.")
+    if len(settings) == 1:
+        rows = [{k: v for k, v in r.items() if k != "setting"} for r in rows]
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    met = sum(r["ECE goal"] == "met" for r in rows)
     return (
-        f"## Goals\n\nThe default, selected on the validation splits of the tasks that "
-        f"compared MonteCLoRA settings: **{default}** (`MonteCLoRAConfig.uncertainty()`). "
-        "Where the goals land for it on each task (means over seeds; goal: ECE ≤ 0.5× LoRA's "
-        "at accuracy within 0.5 points, NLL below MC dropout's and temperature scaling's, "
-        "training time within 1.2× LoRA's; the deep ensemble of four LoRAs is the expensive "
-        f"reference). The ECE goal is met on {met} of {len(rows)} tasks.{absent}\n\n"
+        f"## Goals\n\n{chosen} Where the goals land on each task (means over seeds; goal: ECE "
+        "≤ 0.5× LoRA's at accuracy within 0.5 points, NLL below MC dropout's and temperature "
+        "scaling's, training time within 1.2× LoRA's; the deep ensemble of four LoRAs is the "
+        f"expensive reference). {' '.join(notes)}\n\n"
         + format_table(rows, columns, markdown=True)
         + "\n"
     )
@@ -475,6 +517,9 @@ def write_report(records: Records, doc: Path, drop_unrecorded: bool = False) -> 
     for heading, text in texts.items():
         previous = section_of(old, heading)
         lost = lost_rows(previous, text)
+        if heading in sections and (dropped := lost - planned_rows(heading)):
+            logger.warning("%s: dropped, no longer run on it: %s", heading, sorted(dropped))
+            lost -= dropped
         if lost and not drop_unrecorded:
             logger.warning("%s: kept as it was; not regenerated: %s", heading, sorted(lost))
             texts[heading] = kept_section(previous, lost, heading in sections)

@@ -818,6 +818,46 @@ def test_goal_row_figures_and_missing_rows(sst2_goals):
     assert report.goal_row("sst2", no_lora, "paper-5e-3") is None
 
 
+def test_goals_section_shows_the_packages_default_beside_another_selection(sst2_goals):
+    sections = {"sst2": sst2_goals, "mrpc": {}}
+    same = report.goals_section(sections, "paper-5e-3", package="paper-5e-3")
+    assert "MonteCLoRA settings: **paper-5e-3** (`MonteCLoRAConfig.uncertainty()`)" in same
+    assert "| setting |" not in same
+    assert "paper-5e-3: the ECE goal is met on 1 of 1 tasks; not run" in same
+    other = report.goals_section(sections, "paper-5e-3", package="paper-1e-4")
+    assert "select **paper-5e-3**" in other and "is still **paper-1e-4**" in other
+    lines = [line for line in other.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| setting | task |")
+    for line, setting in zip(lines[1:], ("paper-5e-3", "paper-1e-4"), strict=True):
+        row = report.goal_row("sst2", sst2_goals, setting)
+        assert line == "| " + " | ".join((setting, *row.values())) + " |"
+    assert "paper-1e-4: the ECE goal is met on 0 of 1 tasks" in other
+    assert report.goals_section(sections, None).endswith(
+        "No MonteCLoRA setting has been selected yet.\n"
+    )
+
+
+def test_a_row_the_study_no_longer_runs_does_not_keep_its_section(study, tmp_path):
+    """An earlier report's row of a setting the study no longer runs on the task (nor has
+    runs of) is dropped: the section regenerates; a planned row missing still keeps it."""
+    doc = tmp_path / "docs" / "calibration.md"
+    doc.parent.mkdir()
+    report.write_report(Records(doc.parent / "calibration", study), doc)
+    text = doc.read_text()
+    assert {m for t, m in report.method_rows(text) if t == "sst2"} <= report.planned_rows("sst2")
+    sst2 = report.section_of(text, "sst2")
+    table_end = sst2.index("\n\n", sst2.index("| method |"))
+    unplanned = "| monteclora cut-setting" + " | 0.5" * 10 + " | 1 |"
+    assert "monteclora cut-setting" not in report.planned_rows("sst2")
+    doc.write_text(text.replace(sst2, sst2[:table_end] + "\n" + unplanned + sst2[table_end:]))
+    report.write_report(Records(doc.parent / "calibration", study), doc)
+    assert doc.read_text() == text
+    planned = unplanned.replace("monteclora cut-setting", "monteclora bayes-t0.1-freeze")
+    doc.write_text(text.replace(sst2, sst2[:table_end] + "\n" + planned + sst2[table_end:]))
+    report.write_report(Records(doc.parent / "calibration", study), doc)
+    assert report.section_of(doc.read_text(), "sst2").splitlines()[2].startswith(report.KEPT)
+
+
 # ------------------------------------------------------------------------------ the records
 
 
