@@ -66,7 +66,13 @@ from monteclora_pyro.models.params import restore_parameters
 from monteclora_pyro.training.config import phase_problem
 from monteclora_pyro.training.evaluation import evaluate
 from monteclora_pyro.training.methods import LoRAMethod, MonteCLoRAMethod, PyroMethod
-from monteclora_pyro.training.optim import Phases, held_parameters, kl_factor, phase_schedules
+from monteclora_pyro.training.optim import (
+    Phases,
+    delay_steps,
+    held_parameters,
+    kl_factor,
+    phase_schedules,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +265,7 @@ class MonteCLoRATrainer(Trainer):
         if not self.guide_delay_ratio or self.lr_scheduler is not None:
             return super().create_scheduler(num_training_steps, optimizer)
         optimizer = self.optimizer if optimizer is None else optimizer
-        self.guide_delay = int(self.guide_delay_ratio * num_training_steps)
+        self.guide_delay = delay_steps(self.guide_delay_ratio, num_training_steps)
         warmup = self.args.get_warmup_steps(num_training_steps) / num_training_steps
         phases = dataclasses.replace(self.phases, warmup_ratio=warmup)
         adapter, guide = phase_schedules(phases, num_training_steps, self.guide_delay)

@@ -63,6 +63,8 @@ def _frozen(delay: float) -> tuple[str, ...]:
 FREEZE = _frozen(0.5)
 ONE_GUIDE_EPOCH = 0.75  # the adapter's share of the steps: the task's three epochs, then one
 GUIDE1 = "bayes-t0.01-freeze1-glr0.2"  # the default with one epoch of the guide (eleventh pass)
+HALF_GUIDE_EPOCH = 6 / 7  # the task's three epochs, then half of one
+GUIDE_HALF = "bayes-t0.01-freeze0.5-glr0.2"  # lora-guide0.5 in one run (fifteenth pass)
 
 
 def _tempered(t: str, *options: str) -> list[str]:
@@ -105,6 +107,8 @@ TRAINED = {  # name -> the method's own options
     # The same with a guide phase of one epoch after LoRA's three: 1.56x LoRA's training time
     # instead of 2.41x (SST-2, timed alone; eleventh pass).
     GUIDE1: _tempered("0.01", *_frozen(ONE_GUIDE_EPOCH), "--guide-lr", "0.2"),
+    # And with half a guide epoch: lora-guide0.5 (below) as one run, the form a preset gives.
+    GUIDE_HALF: _tempered("0.01", *_frozen(HALF_GUIDE_EPOCH), "--guide-lr", "0.2"),
 }
 DEFAULT_GLR = "bayes-t0.01-freeze-glr0.2"  # on every task; the default since the ninth pass
 # The default's guide phase (GUIDE1's) trained post hoc around each finished LoRA run (train
@@ -147,7 +151,7 @@ WITH_REMEDIES = (*CORE, "bayes-t0.01-init", *DELAYED)
 FROZEN = ("bayes-t0.1-freeze", "bayes-t0.01-freeze")
 # the two-phase methods whose adapter trains for the task's epochs, as LoRA's does (its share
 # of the steps, --guide-delay-ratio, in TRAINED); every other method trains for the task's epochs
-LORA_PHASE = (*FROZEN, DEFAULT_GLR, GUIDE1)
+LORA_PHASE = (*FROZEN, DEFAULT_GLR, GUIDE1, GUIDE_HALF)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from monteclora_pyro.training import (
     preset_training,
     two_phase_training,
 )
+from monteclora_pyro.training.optim import delay_steps
 
 
 def test_defaults_follow_design_table():
@@ -101,9 +102,10 @@ def test_the_uncertainty_preset_is_the_tempered_bayesian_objective():
 
 
 @pytest.mark.parametrize(
-    ("epochs", "delay", "total"), [(3, 0.5, 6), (1, 0.5, 2), (3, 0.4, 8), (2, 0.3, 7)]
+    ("epochs", "delay", "total"),
+    [(3, 0.5, 6), (1, 0.5, 2), (3, 0.75, 4), (3, 6 / 7, 3.5), (3, 0.4, 7.5), (2, 0.3, 6.666666667)],
 )
-def test_two_phase_training_gives_the_adapter_at_least_loras_epochs(epochs, delay, total):
+def test_two_phase_training_gives_the_adapter_loras_steps(epochs, delay, total):
     settings = two_phase_training(epochs, delay)
     assert settings == {
         "epochs": total,
@@ -111,8 +113,18 @@ def test_two_phase_training_gives_the_adapter_at_least_loras_epochs(epochs, dela
         "guide_lr_restart": True,
         "freeze_adapter_after_delay": True,
     }
-    assert epochs <= delay * total < epochs + delay  # the smallest total that reaches epochs
-    TrainConfig(**settings)  # valid together
+    assert type(settings["epochs"]) is type(total)  # whole numbers stay ints in config.json
+    config = TrainConfig(**settings)
+    for steps_per_epoch in (1, 7, 112, 113, 207, 3001):
+        total_steps = config.total_steps(steps_per_epoch)
+        assert delay_steps(delay, total_steps) == epochs * steps_per_epoch  # LoRA's steps
+
+
+def test_delay_steps_counts_whole_steps_despite_rounding():
+    assert int(0.7 * 90) == 62 and int(0.7 * 340) == 237  # a float error short of 63, 238
+    assert delay_steps(0.7, 90) == 63 and delay_steps(0.7, 340) == 238
+    assert delay_steps(0.5, 339) == 169 and delay_steps(0.0, 100) == 0
+    assert delay_steps(0.75, 4) == int(0.75 * 4)
 
 
 def test_preset_training_is_two_phase_for_uncertainty_only():

@@ -274,13 +274,15 @@ def two_phase_training(epochs: float, delay: float = 0.5) -> dict:
     """``TrainConfig`` settings that train the adapter as a LoRA run of ``epochs`` would, then
     the guide alone around it.
 
-    The run lasts ``ceil(epochs / delay)`` epochs: the adapter runs its learning-rate schedule
-    over the first ``delay`` of the steps and is then held, while the guide's schedule restarts
-    at its peak rate (``guide_delay_ratio``, ``freeze_adapter_after_delay``,
-    ``guide_lr_restart``).
+    The run lasts ``epochs / delay`` epochs (to 9 decimals; a whole number stays an int): the
+    adapter runs its learning-rate schedule over the first ``delay`` of the steps, as many as
+    LoRA's run of ``epochs`` takes, and is then held, while the guide's schedule restarts at its
+    peak rate (``guide_delay_ratio``, ``freeze_adapter_after_delay``, ``guide_lr_restart``).
+    ``delay`` 6/7 after 3 epochs gives the guide half an epoch.
     """
+    total = round(epochs / delay, 9)
     return {
-        "epochs": math.ceil(epochs / delay),
+        "epochs": int(total) if total.is_integer() else total,
         "guide_delay_ratio": delay,
         "guide_lr_restart": True,
         "freeze_adapter_after_delay": True,

@@ -34,7 +34,13 @@ from monteclora_pyro.training.evaluation import (
 )
 from monteclora_pyro.training.from_run import check_same_data, post_hoc_config
 from monteclora_pyro.training.methods import METHODS
-from monteclora_pyro.training.optim import held_parameters, kl_factor, lr_schedules, make_optimizer
+from monteclora_pyro.training.optim import (
+    delay_steps,
+    held_parameters,
+    kl_factor,
+    lr_schedules,
+    make_optimizer,
+)
 from monteclora_pyro.training.tracking import Tracker, make_tracker
 
 logger = logging.getLogger(__name__)
@@ -129,7 +135,7 @@ class Trainer:
         self.total_steps = config.total_steps(self.steps_per_epoch)
         self.variational_ids = {id(p) for p in self.variational.values()}
         self.optimizer = make_optimizer(self.params, self.variational_ids, config)
-        self.guide_delay = int(config.guide_delay_ratio * self.total_steps)
+        self.guide_delay = delay_steps(config.guide_delay_ratio, self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lr_schedules(

@@ -23,6 +23,7 @@ import torch
 from monteclora_pyro import MonteCLoRAConfig, metrics, runs
 from monteclora_pyro.cli import build_parser
 from monteclora_pyro.cli.options import configs
+from monteclora_pyro.training.optim import delay_steps
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "studies"))
 
@@ -138,7 +139,8 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
             assert (train.task, train.seed, train.output_dir) == (task, 1, str(out))
             assert train.max_train_examples == setting.max_train_examples
             two_phase = "-freeze" in name and not name.endswith("-short")  # LoRA's epochs first
-            guide_epochs = 1 if "-freeze1-" in name else setting.epochs  # then the guide's
+            guide = {"-freeze1-": 1, "-freeze0.5-": 0.5}  # then the guide's epochs
+            guide_epochs = next((e for k, e in guide.items() if k in name), setting.epochs)
             epochs = setting.epochs + (guide_epochs if two_phase else 0)
             assert (train.max_length, train.epochs) == (setting.max_length, epochs)
             # the report selects settings on the carved validation split
@@ -1132,31 +1134,41 @@ def test_the_default_temperature_row_costs_the_default_plus_the_fit(tmp_path):
     assert results.row("temperature") is None  # LoRA's own baseline did not run
 
 
-def test_the_guided_runs_train_guide1s_guide_phase_around_the_lora_run_of_their_seed(tmp_path):
+def test_the_guided_runs_train_the_guide_phase_of_their_one_run_form_around_lora(tmp_path):
     """lora-guide1 is GUIDE1 with its LoRA phase replaced by the LoRA run itself: the same
     model and guide settings, one epoch of the guide alone, read from ``--from-run``;
-    lora-guide0.5 the same over half an epoch."""
+    lora-guide0.5 the same over half an epoch, GUIDE_HALF's guide phase."""
     parser = build_parser()
     for task in calibration.REPORTED:
         assert set(calibration.GUIDED) <= set(calibration.TASKS[task].post_hoc)
         jobs = dict(calibration.post_hoc_commands(tmp_path, task, "/glue"))
-        guides = [("lora-guide1", 1), ("lora-guide0.5", 0.5)]
-        for seed, (guided, epochs) in itertools.product(calibration.SEEDS, guides):
+        guides = [
+            ("lora-guide1", 1, calibration.GUIDE1),
+            ("lora-guide0.5", 0.5, calibration.GUIDE_HALF),
+        ]
+        delays = {calibration.GUIDE1: calibration.ONE_GUIDE_EPOCH}
+        delays[calibration.GUIDE_HALF] = calibration.HALF_GUIDE_EPOCH
+        for seed, (guided, epochs, one_run) in itertools.product(calibration.SEEDS, guides):
             command = jobs[calibration.run_dir(tmp_path, task, guided, seed)]
             lora = calibration.run_dir(tmp_path, task, "lora", seed)
             train, model = configs(parser.parse_args(command[1:]))
             assert (train.from_run, train.data_dir) == (str(lora), "/glue")
-            one_epoch = calibration.train_command(_args(tmp_path), task, calibration.GUIDE1, seed)
-            train1, model1 = configs(parser.parse_args(one_epoch[1:]))
+            whole = calibration.train_command(_args(tmp_path), task, one_run, seed)
+            train1, model1 = configs(parser.parse_args(whole[1:]))
             assert model == model1 == MonteCLoRAConfig.uncertainty()
             phases = ("guide_delay_ratio", "guide_lr_restart", "freeze_adapter_after_delay")
             assert {f: getattr(train1, f) for f in phases} == {
-                "guide_delay_ratio": calibration.ONE_GUIDE_EPOCH,
+                "guide_delay_ratio": delays[one_run],
                 "guide_lr_restart": True,
                 "freeze_adapter_after_delay": True,
             }
-            assert train1.epochs - calibration.TASKS[task].epochs == 1
-            assert train.epochs == epochs
+            task_epochs = calibration.TASKS[task].epochs
+            assert train1.epochs - task_epochs == train.epochs == epochs
+            for per_epoch in (113, 207, 535, 141):  # SST-2's, MRPC's, CoLA's, RTE's batches
+                total = train1.total_steps(per_epoch)
+                adapter = delay_steps(train1.guide_delay_ratio, total)
+                assert adapter == task_epochs * per_epoch  # LoRA's steps
+                assert total - adapter == train.total_steps(per_epoch)  # the guided run's
             unchanged = {"epochs", "from_run", "data_dir", "output_dir", *phases}
             for field in dataclasses.fields(train):
                 if field.name not in unchanged:
