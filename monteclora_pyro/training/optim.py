@@ -72,7 +72,7 @@ def lr_schedules(cfg: TrainConfig, total: int, delay: int, groups: int) -> list[
 
 def delay_steps(ratio: float, total: int) -> int:
     """The steps of ``total`` before ``guide_delay_ratio`` ``ratio`` ends, whole ones only (a
-    product a rounding error short of a whole number, such as 6/7 of 392, counts as it)."""
+    product a rounding error short of a whole number, such as 0.7 of 90, counts as it)."""
     return math.floor(round(ratio * total, 9))
 
 
