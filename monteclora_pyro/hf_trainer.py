@@ -63,16 +63,10 @@ from monteclora_pyro.guides import MonteCLoRAGuide
 from monteclora_pyro.io import ADAPTER_FILE, GUIDE_FILE, read_meta, read_tensors, save_adapter
 from monteclora_pyro.models import MonteCLoRAModel
 from monteclora_pyro.models.params import restore_parameters
-from monteclora_pyro.training.config import phase_problem
+from monteclora_pyro.training.config import delay_steps, phase_problem
 from monteclora_pyro.training.evaluation import evaluate
 from monteclora_pyro.training.methods import LoRAMethod, MonteCLoRAMethod, PyroMethod
-from monteclora_pyro.training.optim import (
-    Phases,
-    delay_steps,
-    held_parameters,
-    kl_factor,
-    phase_schedules,
-)
+from monteclora_pyro.training.optim import Phases, held_parameters, kl_factor, phase_schedules
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,9 @@ from calibration import (
     TRAINED,
     source_of,
 )
+from calibration_goals import default_setting, goals_section
 from calibration_records import Records
-from calibration_scores import cell, normalised, number
+from calibration_scores import ACCURACY_SLACK, cell, normalised, number
 from calibration_shifted import shifted_section
 from matplotlib.figure import Figure
 
@@ -38,7 +39,6 @@ from monteclora_pyro.data import get_task_spec
 logger = logging.getLogger("calibration")
 
 READING = ("<!-- READING -->", "<!-- /READING -->")
-ACCURACY_SLACK = 0.005  # "accuracy within 0.5 points of LoRA's"
 BASELINES = ("mc-dropout", "temperature", "laplace", "checkpoint-ensemble", "deep-ensemble-m3")
 COLUMNS = (
     "method", "score", "accuracy", "ece15", "ece10", "nll", "brier", "sel_auc",
@@ -378,98 +378,6 @@ def reliability_figure(
         if (found := results.records.seed_probs(results.task, name)) is not None:
             curves[label] = (normalised(found[0]), found[1])
     return plot_reliability(curves) if curves else None
-
-
-def default_setting(selections: dict) -> str | None:
-    """The setting selected on the most tasks that compared several (ties: the lowest mean
-    validation-NLL rank on those tasks), among the settings every such task ran: a task
-    whose choice another did not run votes for its best eligible setting that all ran. A
-    task that ran one setting only tests it, and a task that selected none ranks nothing:
-    neither has a vote."""
-    voted = [(c, table) for c, table in selections.values() if c and len(table) > 1]
-    if not voted:
-        return None
-    common = set.intersection(*({r["setting"] for r in table} for _, table in voted))
-    chosen = []
-    for choice, table in voted:
-        if choice not in common:
-            ran = [r for r in table if r["setting"] in common and r["eligible"]]
-            choice = min(ran, key=lambda r: r["val_nll"])["setting"] if ran else None
-        chosen += [choice] if choice else []
-    if not chosen:
-        return None
-    ranks: dict[str, list[int]] = {}
-    for _, table in voted:
-        for rank, r in enumerate(sorted(table, key=lambda r: r["val_nll"])):
-            ranks.setdefault(r["setting"], []).append(rank)
-    return min(sorted(set(chosen)), key=lambda s: (-chosen.count(s), np.mean(ranks[s])))
-
-
-def goal_row(task: str, data: dict, default: str) -> dict | None:
-    """Where the goals land on one task for the default setting (means over seeds)."""
-    by_name = {r["_name"]: r for r in data["rows"]}
-    mine, lora = by_name.get(default), by_name.get("lora")
-    if mine is None or lora is None or lora["ece15"][0] == 0:
-        return None
-    eligible = {r["setting"]: r["eligible"] for r in data["selection"]}.get(default)
-    ratio = mine["ece15"][0] / lora["ece15"][0]
-    gap = mine["accuracy"][0] - lora["accuracy"][0]
-    row = {"task": task, "eligible on validation": "yes" if eligible else "no"}
-    row["ECE ÷ LoRA's"] = f"{ratio:.2f}"
-    row["accuracy − LoRA's"] = f"{100 * gap:+.1f} pt"
-    row["ECE goal"] = "met" if ratio <= 0.5 and gap >= -ACCURACY_SLACK else "not met"
-    for other in ("mc-dropout", "temperature", "deep-ensemble-m4"):
-        if other in by_name:
-            row[f"NLL − {other}"] = f"{mine['nll'][0] - by_name[other]['nll'][0]:+.3f}"
-    row["train time ÷ LoRA's"] = cell(mine["train_time"])
-    return row
-
-
-def goals_section(sections: dict, selected: str | None, package: str = DEFAULT_GLR) -> str:
-    """Where the issue's goals land, per task, for the setting the validation splits select
-    and, where it differs, for the package's default (``package``) as well."""
-    if selected is None:
-        return "## Goals\n\nNo MonteCLoRA setting has been selected yet.\n"
-    settings = list(dict.fromkeys((selected, package)))
-    rows = [
-        {"setting": s} | r
-        for s in settings
-        for t, d in sections.items()
-        if d and (r := goal_row(t, d, s))
-    ]
-    if not rows:
-        return "## Goals\n\nNo task has finished yet.\n"
-    if selected == package:
-        chosen = (
-            f"The default, selected on the validation splits of the tasks that compared "
-            f"MonteCLoRA settings: **{selected}** (`MonteCLoRAConfig.uncertainty()`)."
-        )
-    else:
-        chosen = (
-            f"The validation splits of the tasks that compared MonteCLoRA settings select "
-            f"**{selected}**; the package's default (`MonteCLoRAConfig.uncertainty()`) is still "
-            f"**{package}**, the study's earlier selection, until it is switched: both are shown."
-        )
-    notes = []
-    for s in settings:
-        done = {r["task"] for r in rows if r["setting"] == s}
-        met = sum(r["ECE goal"] == "met" for r in rows if r["setting"] == s)
-        missing = [t for t in sections if t not in done]
-        absent = (
-            f"; not run or not finished (or LoRA not) on {', '.join(missing)}" if missing else ""
-        )
-        notes.append(f"{s}: the ECE goal is met on {met} of {len(done)} tasks{absent}.")
-    if len(settings) == 1:
-        rows = [{k: v for k, v in r.items() if k != "setting"} for r in rows]
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    return (
-        f"## Goals\n\n{chosen} Where the goals land on each task (means over seeds; goal: ECE "
-        "≤ 0.5× LoRA's at accuracy within 0.5 points, NLL below MC dropout's and temperature "
-        "scaling's, training time within 1.2× LoRA's; the deep ensemble of four LoRAs is the "
-        f"expensive reference). {' '.join(notes)}\n\n"
-        + format_table(rows, columns, markdown=True)
-        + "\n"
-    )
 
 
 def ece_accuracy_figure(sections: dict) -> Figure | None:

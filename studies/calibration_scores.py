@@ -12,6 +12,8 @@ from safetensors.numpy import load_file
 from monteclora_pyro import io, metrics, runs
 from monteclora_pyro.data import get_task_spec
 
+ACCURACY_SLACK = 0.005  # "accuracy within 0.5 points of LoRA's"
+
 
 def normalised(probs: np.ndarray) -> np.ndarray:
     probs = np.asarray(probs, dtype=np.float64)

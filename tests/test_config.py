@@ -13,7 +13,7 @@ from monteclora_pyro.training import (
     preset_training,
     two_phase_training,
 )
-from monteclora_pyro.training.optim import delay_steps
+from monteclora_pyro.training.config import delay_steps
 
 
 def test_defaults_follow_design_table():

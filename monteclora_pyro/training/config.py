@@ -270,6 +270,12 @@ class TrainConfig:
         return math.ceil(round(self.epochs * steps_per_epoch, 9))
 
 
+def delay_steps(ratio: float, total: int) -> int:
+    """The steps of ``total`` before ``guide_delay_ratio`` ``ratio`` ends, whole ones only (a
+    product a rounding error short of a whole number, such as 0.7 of 90, counts as it)."""
+    return math.floor(round(ratio * total, 9))
+
+
 def two_phase_training(epochs: float, delay: float = 0.5) -> dict:
     """``TrainConfig`` settings that train the adapter as a LoRA run of ``epochs`` would, then
     the guide alone around it.

@@ -23,6 +23,7 @@ from monteclora_pyro.training import convergence, distributed
 from monteclora_pyro.training.config import (
     TrainConfig,
     config_differences,
+    delay_steps,
     resolve_device,
     save_run_config,
 )
@@ -34,13 +35,7 @@ from monteclora_pyro.training.evaluation import (
 )
 from monteclora_pyro.training.from_run import check_same_data, post_hoc_config
 from monteclora_pyro.training.methods import METHODS
-from monteclora_pyro.training.optim import (
-    delay_steps,
-    held_parameters,
-    kl_factor,
-    lr_schedules,
-    make_optimizer,
-)
+from monteclora_pyro.training.optim import held_parameters, kl_factor, lr_schedules, make_optimizer
 from monteclora_pyro.training.tracking import Tracker, make_tracker
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,6 @@ the KL terms."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -68,12 +67,6 @@ def lr_schedules(cfg: TrainConfig, total: int, delay: int, groups: int) -> list[
     """Learning-rate multipliers of :func:`make_optimizer`'s ``groups`` parameter groups (the
     adapter's, then the guide's if there is one): :func:`phase_schedules`."""
     return list(phase_schedules(cfg, total, delay))[:groups]
-
-
-def delay_steps(ratio: float, total: int) -> int:
-    """The steps of ``total`` before ``guide_delay_ratio`` ``ratio`` ends, whole ones only (a
-    product a rounding error short of a whole number, such as 0.7 of 90, counts as it)."""
-    return math.floor(round(ratio * total, 9))
 
 
 def kl_factor(step: int, delay: int, warmup: int) -> float:

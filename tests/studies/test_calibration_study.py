@@ -23,11 +23,12 @@ import torch
 from monteclora_pyro import MonteCLoRAConfig, metrics, runs
 from monteclora_pyro.cli import build_parser
 from monteclora_pyro.cli.options import configs
-from monteclora_pyro.training.optim import delay_steps
+from monteclora_pyro.training.config import delay_steps
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "studies"))
 
 import calibration
+import calibration_goals as goals
 import calibration_report as report
 from calibration_records import Records, expected_options
 from calibration_scores import cell, chance_scores, plug_in_scores, scores
@@ -588,8 +589,8 @@ def test_default_setting_ignores_single_setting_tasks(study):
     assert selections["mrpc"][0] == selections["cola"][0] == "bayes-t0.1"
     assert [len(selections[t][1]) for t in ("mrpc", "cola", "rte")] == [1, 1, 1]
     # two single-setting votes for bayes-t0.1 against SST-2's one comparison
-    assert report.default_setting(selections) == "paper-5e-3"
-    assert report.default_setting({t: selections[t] for t in ("mrpc", "cola", "rte")}) is None
+    assert goals.default_setting(selections) == "paper-5e-3"
+    assert goals.default_setting({t: selections[t] for t in ("mrpc", "cola", "rte")}) is None
 
 
 def _table(nlls: dict, ineligible: tuple[str, ...] = ()) -> list[dict]:
@@ -601,17 +602,17 @@ def _table(nlls: dict, ineligible: tuple[str, ...] = ()) -> list[dict]:
 
 def test_default_setting_majority_then_mean_rank():
     two = _table({"a": 0.3, "b": 0.2, "c": 0.1})
-    assert report.default_setting({"x": ("a", two), "y": ("b", two), "z": ("b", two)}) == "b"
+    assert goals.default_setting({"x": ("a", two), "y": ("b", two), "z": ("b", two)}) == "b"
     # a tie: a ranks 0 and 2, b ranks 1 and 0 (mean 1 against 0.5)
     first, second = _table({"a": 0.1, "b": 0.2, "c": 0.3}), _table({"a": 0.3, "b": 0.1, "c": 0.2})
-    assert report.default_setting({"x": ("a", first), "y": ("b", second)}) == "b"
+    assert goals.default_setting({"x": ("a", first), "y": ("b", second)}) == "b"
     # a task without an eligible setting compares, but casts no vote
-    assert report.default_setting({"x": (None, two), "y": ("c", two)}) == "c"
-    assert report.default_setting({"x": (None, two)}) is None
-    assert report.default_setting({}) is None
+    assert goals.default_setting({"x": (None, two), "y": ("c", two)}) == "c"
+    assert goals.default_setting({"x": (None, two)}) is None
+    assert goals.default_setting({}) is None
     # nor does it rank: a ranks 0 there, which would break the tie for a (mean 2/3 against 1)
     ranked = {"x": ("a", first), "y": ("b", second), "z": (None, first)}
-    assert report.default_setting(ranked) == "b"
+    assert goals.default_setting(ranked) == "b"
 
 
 def test_the_default_is_a_setting_every_voting_task_ran():
@@ -619,13 +620,13 @@ def test_the_default_is_a_setting_every_voting_task_ran():
     a is not eligible on x), so b has two votes; n's lower NLL ranks nothing."""
     x = _table({"n": 0.05, "a": 0.1, "b": 0.2, "c": 0.3}, ineligible=("a",))
     y = _table({"a": 0.3, "b": 0.1, "c": 0.2})
-    assert report.default_setting({"x": ("n", x), "y": ("b", y)}) == "b"
+    assert goals.default_setting({"x": ("n", x), "y": ("b", y)}) == "b"
     # one vote each for b and c: b ranks 2 and 0, c 3 and 1
-    assert report.default_setting({"x": ("n", x), "y": ("c", y)}) == "b"
+    assert goals.default_setting({"x": ("n", x), "y": ("c", y)}) == "b"
     # nothing eligible that y ran: x casts no vote
     only = _table({"n": 0.05, "a": 0.1}, ineligible=("a",))
     y = _table({"a": 0.1, "b": 0.2})
-    assert report.default_setting({"x": ("n", only), "y": ("a", y)}) == "a"
+    assert goals.default_setting({"x": ("n", only), "y": ("a", y)}) == "a"
 
 
 def test_chance_scores_are_those_of_the_constant_majority_prediction():
@@ -684,7 +685,7 @@ def test_cola_selects_on_its_mcc_not_its_accuracy(tmp_path):
     found = {name: scores(_cola_predictions(*s), "cola") for name, s in settings.items()}
     assert found["lora"]["accuracy"] == found["bayes-t0.01"]["accuracy"] == 0.71
     assert found["bayes-t0.01"]["nll"] < min(found["lora"]["nll"], found["bayes-t0.1"]["nll"])
-    assert found["lora"]["score"] - report.ACCURACY_SLACK < found["bayes-t0.1"]["score"]
+    assert found["lora"]["score"] - goals.ACCURACY_SLACK < found["bayes-t0.1"]["score"]
     assert found["bayes-t0.01"]["score"] < found["lora"]["score"] - 0.04
 
     results = results_of(tmp_path, "cola")
@@ -789,7 +790,7 @@ def _dev_mean(name: str, key: str) -> float:
     ],
 )
 def test_goal_row(sst2_goals, default, eligible, met):
-    row = report.goal_row("sst2", sst2_goals, default)
+    row = goals.goal_row("sst2", sst2_goals, default)
     by_name = {r["_name"]: r for r in sst2_goals["rows"]}
     ratio = _dev_mean(default, "ece15") / _dev_mean("lora", "ece15")
     gap = _dev_mean(default, "accuracy") - _dev_mean("lora", "accuracy")
@@ -800,7 +801,7 @@ def test_goal_row(sst2_goals, default, eligible, met):
     assert row["ECE ÷ LoRA's"] == f"{ratio:.2f}"
     assert row["accuracy − LoRA's"] == f"{100 * gap:+.1f} pt"
     assert row["ECE goal"] == met
-    assert (ratio <= 0.5 and gap >= -report.ACCURACY_SLACK) == (met == "met")
+    assert (ratio <= 0.5 and gap >= -goals.ACCURACY_SLACK) == (met == "met")
     nll_gap = _dev_mean(default, "nll") - _dev_mean("mc-dropout", "nll")
     assert row["NLL − mc-dropout"] == f"{nll_gap:+.3f}"
     assert "NLL − temperature" not in row  # no temperature-scaling runs here
@@ -809,32 +810,32 @@ def test_goal_row(sst2_goals, default, eligible, met):
 
 
 def test_goal_row_figures_and_missing_rows(sst2_goals):
-    row = report.goal_row("sst2", sst2_goals, "paper-5e-3")
+    row = goals.goal_row("sst2", sst2_goals, "paper-5e-3")
     assert row["ECE ÷ LoRA's"] == "0.26"  # 0.05 / 0.19
     assert row["accuracy − LoRA's"] == "+0.0 pt"
-    row = report.goal_row("sst2", sst2_goals, "paper-1e-4")
+    row = goals.goal_row("sst2", sst2_goals, "paper-1e-4")
     assert row["ECE ÷ LoRA's"] == "0.11"  # 0.02 / 0.19
     assert row["accuracy − LoRA's"] == "-2.0 pt"
-    assert report.goal_row("sst2", sst2_goals, "peft-monteclora") is None
+    assert goals.goal_row("sst2", sst2_goals, "peft-monteclora") is None
     no_lora = {**sst2_goals, "rows": [r for r in sst2_goals["rows"] if r["_name"] != "lora"]}
-    assert report.goal_row("sst2", no_lora, "paper-5e-3") is None
+    assert goals.goal_row("sst2", no_lora, "paper-5e-3") is None
 
 
 def test_goals_section_shows_the_packages_default_beside_another_selection(sst2_goals):
     sections = {"sst2": sst2_goals, "mrpc": {}}
-    same = report.goals_section(sections, "paper-5e-3", package="paper-5e-3")
+    same = goals.goals_section(sections, "paper-5e-3", package="paper-5e-3")
     assert "MonteCLoRA settings: **paper-5e-3** (`MonteCLoRAConfig.uncertainty()`)" in same
     assert "| setting |" not in same
     assert "paper-5e-3: the ECE goal is met on 1 of 1 tasks; not run" in same
-    other = report.goals_section(sections, "paper-5e-3", package="paper-1e-4")
+    other = goals.goals_section(sections, "paper-5e-3", package="paper-1e-4")
     assert "select **paper-5e-3**" in other and "is still **paper-1e-4**" in other
     lines = [line for line in other.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| setting | task |")
     for line, setting in zip(lines[1:], ("paper-5e-3", "paper-1e-4"), strict=True):
-        row = report.goal_row("sst2", sst2_goals, setting)
+        row = goals.goal_row("sst2", sst2_goals, setting)
         assert line == "| " + " | ".join((setting, *row.values())) + " |"
     assert "paper-1e-4: the ECE goal is met on 0 of 1 tasks" in other
-    assert report.goals_section(sections, None).endswith(
+    assert goals.goals_section(sections, None).endswith(
         "No MonteCLoRA setting has been selected yet.\n"
     )
 
