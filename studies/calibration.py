@@ -107,7 +107,8 @@ TRAINED = {  # name -> the method's own options
     # The same with a guide phase of one epoch after LoRA's three: 1.56x LoRA's training time
     # instead of 2.41x (SST-2, timed alone; eleventh pass).
     GUIDE1: _tempered("0.01", *_frozen(ONE_GUIDE_EPOCH), "--guide-lr", "0.2"),
-    # And with half a guide epoch: lora-guide0.5 (below) as one run, the form a preset gives.
+    # And with half a guide epoch: lora-guide0.5 (below) as one run, the form a preset could
+    # give; it did not match lora-guide0.5 on SST-2 (fifteenth pass).
     GUIDE_HALF: _tempered("0.01", *_frozen(HALF_GUIDE_EPOCH), "--guide-lr", "0.2"),
 }
 DEFAULT_GLR = "bayes-t0.01-freeze-glr0.2"  # on every task; the default since the ninth pass
