@@ -10,28 +10,36 @@ from calibration_scores import ACCURACY_SLACK, cell
 from monteclora_pyro.analysis.tables import format_table
 
 
+def task_votes(selections: dict) -> dict[str, str]:
+    """Each voting task's vote (:func:`default_setting`), by task."""
+    voted = {t: (c, table) for t, (c, table) in selections.items() if c and len(table) > 1}
+    if not voted:
+        return {}
+    common = set.intersection(*({r["setting"] for r in table} for _, table in voted.values()))
+    votes = {}
+    for task, (choice, table) in voted.items():
+        if choice not in common:
+            ran = [r for r in table if r["setting"] in common and r["eligible"]]
+            choice = min(ran, key=lambda r: r["val_nll"])["setting"] if ran else None
+        if choice:
+            votes[task] = choice
+    return votes
+
+
 def default_setting(selections: dict) -> str | None:
     """The setting selected on the most tasks that compared several (ties: the lowest mean
     validation-NLL rank on those tasks), among the settings every such task ran: a task
     whose choice another did not run votes for its best eligible setting that all ran. A
     task that ran one setting only tests it, and a task that selected none ranks nothing:
     neither has a vote."""
-    voted = [(c, table) for c, table in selections.values() if c and len(table) > 1]
-    if not voted:
-        return None
-    common = set.intersection(*({r["setting"] for r in table} for _, table in voted))
-    chosen = []
-    for choice, table in voted:
-        if choice not in common:
-            ran = [r for r in table if r["setting"] in common and r["eligible"]]
-            choice = min(ran, key=lambda r: r["val_nll"])["setting"] if ran else None
-        chosen += [choice] if choice else []
+    chosen = list(task_votes(selections).values())
     if not chosen:
         return None
     ranks: dict[str, list[int]] = {}
-    for _, table in voted:
-        for rank, r in enumerate(sorted(table, key=lambda r: r["val_nll"])):
-            ranks.setdefault(r["setting"], []).append(rank)
+    for c, table in selections.values():
+        if c and len(table) > 1:
+            for rank, r in enumerate(sorted(table, key=lambda r: r["val_nll"])):
+                ranks.setdefault(r["setting"], []).append(rank)
     return min(sorted(set(chosen)), key=lambda s: (-chosen.count(s), np.mean(ranks[s])))
 
 
@@ -55,9 +63,12 @@ def goal_row(task: str, data: dict, default: str) -> dict | None:
     return row
 
 
-def goals_section(sections: dict, selected: str | None, package: str = DEFAULT_GLR) -> str:
+def goals_section(
+    sections: dict, selected: str | None, package: str = DEFAULT_GLR, votes: dict | None = None
+) -> str:
     """Where the issue's goals land, per task, for the setting the validation splits select
-    and, where it differs, for the package's default (``package``) as well."""
+    and, where it differs, for the package's default (``package``) as well; ``votes``: each
+    voting task's vote (:func:`task_votes`), named in the text."""
     if selected is None:
         return "## Goals\n\nNo MonteCLoRA setting has been selected yet.\n"
     settings = list(dict.fromkeys((selected, package)))
@@ -80,6 +91,9 @@ def goals_section(sections: dict, selected: str | None, package: str = DEFAULT_G
             f"**{selected}**; the package's default (`MonteCLoRAConfig.uncertainty()`) is still "
             f"**{package}**, the study's earlier selection, until it is switched: both are shown."
         )
+    if votes:
+        cast = ", ".join(f"{t} {v}" for t, v in votes.items())
+        chosen += f" The tasks' votes: {cast} (ties: the lowest mean validation-NLL rank)."
     notes = []
     for s in settings:
         done = {r["task"] for r in rows if r["setting"] == s}

@@ -26,7 +26,7 @@ from calibration import (
     TRAINED,
     source_of,
 )
-from calibration_goals import default_setting, goals_section
+from calibration_goals import default_setting, goals_section, task_votes
 from calibration_records import Records
 from calibration_scores import ACCURACY_SLACK, cell, normalised, number
 from calibration_shifted import shifted_section
@@ -441,7 +441,12 @@ def write_report(records: Records, doc: Path, drop_unrecorded: bool = False) -> 
         figure.savefig(figures / "ece-accuracy.png", dpi=110)
     header = Path(__file__).with_name("calibration_header.md").read_text()
     reading = kept or f"{READING[0]}\n{READING[1]}"
-    body = [header, goals_section(sections, default), reading, *texts.values()]
+    body = [
+        header,
+        goals_section(sections, default, votes=task_votes(selections)),
+        reading,
+        *texts.values(),
+    ]
     if figure is not None:
         body.append(
             "## ECE against accuracy\n\n![ECE against accuracy](calibration/ece-accuracy.png)\n"

@@ -621,6 +621,7 @@ def test_the_default_is_a_setting_every_voting_task_ran():
     x = _table({"n": 0.05, "a": 0.1, "b": 0.2, "c": 0.3}, ineligible=("a",))
     y = _table({"a": 0.3, "b": 0.1, "c": 0.2})
     assert goals.default_setting({"x": ("n", x), "y": ("b", y)}) == "b"
+    assert goals.task_votes({"x": ("n", x), "y": ("b", y), "z": (None, y)}) == {"x": "b", "y": "b"}
     # one vote each for b and c: b ranks 2 and 0, c 3 and 1
     assert goals.default_setting({"x": ("n", x), "y": ("c", y)}) == "b"
     # nothing eligible that y ran: x casts no vote
@@ -835,6 +836,12 @@ def test_goals_section_shows_the_packages_default_beside_another_selection(sst2_
         row = goals.goal_row("sst2", sst2_goals, setting)
         assert line == "| " + " | ".join((setting, *row.values())) + " |"
     assert "paper-1e-4: the ECE goal is met on 0 of 1 tasks" in other
+    votes = {"sst2": "paper-5e-3", "mrpc": "bayes"}
+    voted = goals.goals_section(sections, "paper-5e-3", votes=votes)
+    assert "The tasks' votes: sst2 paper-5e-3, mrpc bayes (ties:" in voted
+    assert voted.replace(voted[voted.index(" The tasks' votes") : voted.index(" Where")], "") == (
+        goals.goals_section(sections, "paper-5e-3")
+    )
     assert goals.goals_section(sections, None).endswith(
         "No MonteCLoRA setting has been selected yet.\n"
     )
