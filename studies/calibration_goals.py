@@ -10,9 +10,14 @@ from calibration_scores import ACCURACY_SLACK, cell
 from monteclora_pyro.analysis.tables import format_table
 
 
+def _voting(selections: dict) -> dict:
+    """The selections of the tasks that selected one of several settings."""
+    return {t: (c, table) for t, (c, table) in selections.items() if c and len(table) > 1}
+
+
 def task_votes(selections: dict) -> dict[str, str]:
     """Each voting task's vote (:func:`default_setting`), by task."""
-    voted = {t: (c, table) for t, (c, table) in selections.items() if c and len(table) > 1}
+    voted = _voting(selections)
     if not voted:
         return {}
     common = set.intersection(*({r["setting"] for r in table} for _, table in voted.values()))
@@ -36,10 +41,9 @@ def default_setting(selections: dict) -> str | None:
     if not chosen:
         return None
     ranks: dict[str, list[int]] = {}
-    for c, table in selections.values():
-        if c and len(table) > 1:
-            for rank, r in enumerate(sorted(table, key=lambda r: r["val_nll"])):
-                ranks.setdefault(r["setting"], []).append(rank)
+    for _, table in _voting(selections).values():
+        for rank, r in enumerate(sorted(table, key=lambda r: r["val_nll"])):
+            ranks.setdefault(r["setting"], []).append(rank)
     return min(sorted(set(chosen)), key=lambda s: (-chosen.count(s), np.mean(ranks[s])))
 
 
