@@ -196,7 +196,11 @@ def source_of(name: str) -> str:
 
 def baseline_of(out: Path) -> str:
     """The post-hoc baseline (of :data:`POST_HOC`) whose output ``out`` is."""
-    name = _name_seed(out)[0]
+    return baseline_named(_name_seed(out)[0])
+
+
+def baseline_named(name: str) -> str:
+    """The post-hoc baseline (of :data:`POST_HOC`) of the runs named ``name`` (less the seed)."""
     return next(b for b in POST_HOC if name == b or name.startswith(f"{b}-m"))
 
 

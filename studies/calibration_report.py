@@ -24,6 +24,7 @@ from calibration import (
     SEEDS,
     TASKS,
     TRAINED,
+    baseline_named,
     source_of,
 )
 from calibration_goals import default_setting, goals_section, task_votes
@@ -199,9 +200,7 @@ def row_label(name: str) -> str:
 def planned_rows(task: str) -> set[str]:
     """The rows (as :func:`_rows` names them) of the methods the study now runs on ``task``."""
     setting = TASKS[task]
-    derived = [
-        n for n in POST_HOC_DIRS for b in setting.post_hoc if n == b or n.startswith(f"{b}-m")
-    ]
+    derived = [n for n in POST_HOC_DIRS if baseline_named(n) in setting.post_hoc]
     return {_row_name(row_label(n)) for n in (*setting.methods, *derived)}
 
 
