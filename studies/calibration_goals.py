@@ -32,8 +32,9 @@ def task_votes(selections: dict) -> dict[str, str]:
 
 
 def default_setting(selections: dict) -> str | None:
-    """The setting selected on the most tasks that compared several (ties: the lowest mean
-    validation-NLL rank on those tasks), among the settings every such task ran: a task
+    """The setting selected on the most tasks that compared several (ties: the lowest mean rank
+    on those tasks, by validation NLL with the eligible settings first, as "best" means the
+    lowest NLL at LoRA's accuracy), among the settings every such task ran: a task
     whose choice another did not run votes for its best eligible setting that all ran. A
     task that ran one setting only tests it, and a task that selected none ranks nothing:
     neither has a vote."""
@@ -42,7 +43,7 @@ def default_setting(selections: dict) -> str | None:
         return None
     ranks: dict[str, list[int]] = {}
     for _, table in _voting(selections).values():
-        for rank, r in enumerate(sorted(table, key=lambda r: r["val_nll"])):
+        for rank, r in enumerate(sorted(table, key=lambda r: (not r["eligible"], r["val_nll"]))):
             ranks.setdefault(r["setting"], []).append(rank)
     return min(sorted(set(chosen)), key=lambda s: (-chosen.count(s), np.mean(ranks[s])))
 
@@ -97,7 +98,10 @@ def goals_section(
         )
     if votes:
         cast = ", ".join(f"{t} {v}" for t, v in votes.items())
-        chosen += f" The tasks' votes: {cast} (ties: the lowest mean validation-NLL rank)."
+        chosen += (
+            f" The tasks' votes: {cast} (ties: the lowest mean rank by validation NLL, "
+            "eligible settings first)."
+        )
     notes = []
     for s in settings:
         done = {r["task"] for r in rows if r["setting"] == s}

@@ -613,6 +613,11 @@ def test_default_setting_majority_then_mean_rank():
     # nor does it rank: a ranks 0 there, which would break the tie for a (mean 2/3 against 1)
     ranked = {"x": ("a", first), "y": ("b", second), "z": (None, first)}
     assert goals.default_setting(ranked) == "b"
+    # an ineligible setting ranks after every eligible one: a's NLL on y, where it fails the
+    # accuracy test, would rank it first there (mean 0 against b's 1); it ranks last (mean 1
+    # against b's 0.5)
+    failing = _table({"a": 0.05, "b": 0.1, "c": 0.2}, ineligible=("a",))
+    assert goals.default_setting({"x": ("a", first), "y": ("b", failing)}) == "b"
 
 
 def test_the_default_is_a_setting_every_voting_task_ran():
