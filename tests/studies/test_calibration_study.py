@@ -827,6 +827,19 @@ def test_goal_row_figures_and_missing_rows(sst2_goals):
     assert goals.goal_row("sst2", no_lora, "paper-5e-3") is None
 
 
+def test_a_goal_row_holds_cola_to_its_mcc_as_the_selection_does():
+    def row(name: str, accuracy: float, mcc: float, ece: float) -> dict:
+        figures = {"accuracy": accuracy, "score": mcc, "ece15": ece, "nll": 0.6, "train_time": 1}
+        return {"_name": name} | {k: (float(v), 0.0) for k, v in figures.items()}
+
+    data = {"rows": [row("lora", 0.706, 0.178, 0.06), row("x", 0.702, 0.150, 0.02)]}
+    data["selection"] = [{"setting": "x", "eligible": True}]
+    cola, sst2 = (goals.goal_row(task, data, "x") for task in ("cola", "sst2"))
+    assert cola["ECE ÷ LoRA's"] == sst2["ECE ÷ LoRA's"] == "0.33"
+    assert (cola["accuracy − LoRA's"], cola["ECE goal"]) == ("-2.8 pt MCC", "not met")
+    assert (sst2["accuracy − LoRA's"], sst2["ECE goal"]) == ("-0.4 pt", "met")
+
+
 def test_goals_section_shows_the_packages_default_beside_another_selection(sst2_goals):
     sections = {"sst2": sst2_goals, "mrpc": {}}
     same = goals.goals_section(sections, "paper-5e-3", package="paper-5e-3")
