@@ -111,12 +111,15 @@ TRAINED = {  # name -> the method's own options
     # give; it did not match lora-guide0.5 on SST-2 (fifteenth pass).
     GUIDE_HALF: _tempered("0.01", *_frozen(HALF_GUIDE_EPOCH), "--guide-lr", "0.2"),
 }
-DEFAULT_GLR = "bayes-t0.01-freeze-glr0.2"  # on every task; the default since the ninth pass
+DEFAULT_GLR = "bayes-t0.01-freeze-glr0.2"  # on every task; the default from the ninth pass
 # The default's guide phase (GUIDE1's) trained post hoc around each finished LoRA run (train
 # --from-run) for one epoch (twelfth pass) or half of one, with the schedule over that half
 # (fourteenth): its plug-in prediction is LoRA's, so what it adds is the draws'. Name -> epochs.
 GUIDED = {"lora-guide1": "1", "lora-guide0.5": "0.5"}
 GUIDE_OPTIONS = (*COMMON, *_tempered("0.01", "--guide-lr", "0.2"))
+# The package's default for uncertainty work since the sixteenth pass: --preset uncertainty
+# trains it around a finished LoRA run (--from-run).
+PACKAGE_DEFAULT = "lora-guide0.5"
 MONTECLORA = (*(n for n in TRAINED if n.startswith(("paper-", "bayes"))), *GUIDED)
 TRAINS = (*TRAINED, *GUIDED)  # the runs a train command makes (train_options)
 # temperature scaling of the default's runs (the plug-in's T and the draws' T_pred fitted

@@ -4,7 +4,7 @@ where the issue's goals land for it (the Goals section of docs/calibration.md)."
 from __future__ import annotations
 
 import numpy as np
-from calibration import DEFAULT_GLR
+from calibration import PACKAGE_DEFAULT
 from calibration_scores import ACCURACY_SLACK, cell, selected_figure
 
 from monteclora_pyro.analysis.tables import format_table
@@ -71,7 +71,7 @@ def goal_row(task: str, data: dict, default: str) -> dict | None:
 
 
 def goals_section(
-    sections: dict, selected: str | None, package: str = DEFAULT_GLR, votes: dict | None = None
+    sections: dict, selected: str | None, package: str = PACKAGE_DEFAULT, votes: dict | None = None
 ) -> str:
     """Where the issue's goals land, per task, for the setting the validation splits select
     and, where it differs, for the package's default (``package``) as well; ``votes``: each
@@ -90,12 +90,14 @@ def goals_section(
     if selected == package:
         chosen = (
             f"The default, selected on the validation splits of the tasks that compared "
-            f"MonteCLoRA settings: **{selected}** (`MonteCLoRAConfig.uncertainty()`)."
+            f"MonteCLoRA settings: **{selected}** (`MonteCLoRAConfig.uncertainty()`, "
+            "`--preset uncertainty`)."
         )
     else:
         chosen = (
             f"The validation splits of the tasks that compared MonteCLoRA settings select "
-            f"**{selected}**; the package's default (`MonteCLoRAConfig.uncertainty()`) is still "
+            f"**{selected}**; the package's default (`MonteCLoRAConfig.uncertainty()`, "
+            "`--preset uncertainty`) is still "
             f"**{package}**, the study's earlier selection, until it is switched: both are shown."
         )
     if votes:

@@ -171,12 +171,15 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
 
 @pytest.mark.parametrize("task", ["sst2", "mrpc", "cola", "rte"])
 def test_the_uncertainty_preset_is_the_study_setting_it_was_selected_as(task, tmp_path):
-    """docs/calibration.md selects bayes-t0.01-freeze-glr0.2 (ninth pass):
-    ``--preset uncertainty`` trains it."""
-    command = calibration.train_command(_args(tmp_path), task, calibration.DEFAULT_GLR, 0)
+    """docs/calibration.md selects lora-guide0.5 (sixteenth pass): ``--preset uncertainty``
+    with ``--from-run`` trains it around the LoRA run."""
+    assert calibration.PACKAGE_DEFAULT in calibration.GUIDED
+    jobs = dict(calibration.post_hoc_commands(tmp_path, task, "/glue"))
+    command = jobs[calibration.run_dir(tmp_path, task, calibration.PACKAGE_DEFAULT, 0)]
     study_train, study_model = configs(build_parser().parse_args(command[1:]))
-    preset = [*command[1 : command.index("--method")], *calibration.COMMON]
+    preset = [*command[1 : command.index("--epochs")], *calibration.COMMON]
     preset += ["--preset", "uncertainty", "--no-eval-every-epoch"]  # evaluation only
+    preset += ["--from-run", study_train.from_run, "--data-dir", "/glue"]
     train, model = configs(build_parser().parse_args([*preset, "--output-dir", str(tmp_path)]))
     assert model == study_model == MonteCLoRAConfig.uncertainty()
     assert train == dataclasses.replace(study_train, output_dir=str(tmp_path))
@@ -843,7 +846,7 @@ def test_a_goal_row_holds_cola_to_its_mcc_as_the_selection_does():
 def test_goals_section_shows_the_packages_default_beside_another_selection(sst2_goals):
     sections = {"sst2": sst2_goals, "mrpc": {}}
     same = goals.goals_section(sections, "paper-5e-3", package="paper-5e-3")
-    assert "MonteCLoRA settings: **paper-5e-3** (`MonteCLoRAConfig.uncertainty()`)" in same
+    assert "MonteCLoRA settings: **paper-5e-3** (`MonteCLoRAConfig.uncertainty()`," in same
     assert "| setting |" not in same
     assert "paper-5e-3: the ECE goal is met on 1 of 1 tasks; not run" in same
     other = goals.goals_section(sections, "paper-5e-3", package="paper-1e-4")
