@@ -14,8 +14,12 @@ guide (MonteCLoRA's, or LoRA's pinned guide; any objective) from the user's own
 - ``guide_delay_ratio``, ``guide_lr_restart`` and ``freeze_adapter_after_delay`` train in
   phases as :class:`~monteclora_pyro.training.TrainConfig`'s fields of those names do (the
   linear schedule only), e.g. ``MonteCLoRATrainer(..., **two_phase)`` with ``two_phase`` the
-  training options of ``preset_training("uncertainty")`` other than ``epochs``, for
-  :meth:`MonteCLoRAConfig.uncertainty`;
+  options of :func:`~monteclora_pyro.training.two_phase_training` other than ``epochs``;
+- a guide trains alone around a finished LoRA run (the ``uncertainty`` preset, for
+  :meth:`MonteCLoRAConfig.uncertainty`) once the run's adapter is loaded into the model and
+  frozen (:func:`~monteclora_pyro.training.from_run.load_run_adapter`): frozen parameters stay
+  out of the optimizer; take ``guide_lr`` and the epochs from
+  ``preset_training("uncertainty")``;
 - :meth:`~MonteCLoRATrainer.evaluate` reports both prediction modes, the posterior mean and the
   posterior predictive over S guide draws (:func:`~monteclora_pyro.training.evaluate`), as
   ``eval_posterior_mean_accuracy``, ``eval_posterior_predictive_nll``, ...; ``eval_loss`` is the

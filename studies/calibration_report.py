@@ -29,7 +29,7 @@ from calibration import (
 )
 from calibration_goals import default_setting, goals_section, task_votes
 from calibration_records import Records
-from calibration_scores import ACCURACY_SLACK, cell, normalised, number
+from calibration_scores import ACCURACY_SLACK, cell, normalised, number, selected_figure
 from calibration_shifted import shifted_section
 from matplotlib.figure import Figure
 
@@ -145,9 +145,9 @@ class TaskResults:
         return min(nlls, key=nlls.get) if nlls else None
 
     def selected_on(self) -> str:
-        """The validation figure a setting must keep within 0.5 points of LoRA's: accuracy, and
-        on CoLA its own score, MCC (accuracy there rewards the majority class)."""
-        return "score" if "mcc" in get_task_spec(self.task).metrics else "accuracy"
+        """The validation figure a setting must keep within 0.5 points of LoRA's
+        (:func:`calibration_scores.selected_figure`)."""
+        return selected_figure(self.task)
 
     def chance(self) -> float:
         """Mean validation :meth:`selected_on` figure of the constant majority-class prediction

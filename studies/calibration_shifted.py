@@ -11,7 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from calibration import ENSEMBLE_SEEDS, SEEDS, SHIFTED, SHIFTED_EXAMPLES, TASKS, TRAINED, run_dir
+from calibration import (
+    ENSEMBLE_SEEDS,
+    GUIDED,
+    SEEDS,
+    SHIFTED,
+    SHIFTED_EXAMPLES,
+    TASKS,
+    TRAINED,
+    run_dir,
+)
 from calibration_scores import cell, number, scores
 
 from monteclora_pyro import metrics, runs
@@ -20,7 +29,7 @@ from monteclora_pyro.experiments.ensemble import average
 from monteclora_pyro.experiments.temperature import scale_predictions
 
 TASK = "movie-reviews"
-ROWS = (*TRAINED, "temperature", "deep-ensemble-m4")  # the section's rows (those with runs)
+ROWS = (*TRAINED, *GUIDED, "temperature", "deep-ensemble-m4")  # the section's rows (with runs)
 
 
 def row_seeds(name: str) -> tuple[int, ...]:

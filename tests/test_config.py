@@ -8,8 +8,10 @@ import pytest
 
 from monteclora_pyro import MonteCLoRAConfig
 from monteclora_pyro.training import (
+    POST_HOC_PRESETS,
     PRESET_TRAINING,
     TrainConfig,
+    check_preset,
     preset_training,
     two_phase_training,
 )
@@ -127,40 +129,44 @@ def test_delay_steps_counts_whole_steps_despite_rounding():
     assert delay_steps(0.75, 4) == int(0.75 * 4)
 
 
-def test_preset_training_is_two_phase_for_uncertainty_only():
-    two_phase = two_phase_training(TrainConfig().epochs)
-    assert preset_training("uncertainty") == two_phase | {"guide_lr": 0.2}  # the ninth pass's
-    assert preset_training("uncertainty", 1)["epochs"] == 2
-    assert set(PRESET_TRAINING) == {"uncertainty"}
+def test_preset_training_trains_uncertaintys_guide_around_a_finished_run(tmp_path):
+    # the sixteenth pass's selection: half an epoch of the guide at guide_lr 0.2, post hoc
+    assert preset_training("uncertainty") == {"epochs": 0.5, "guide_lr": 0.2}
+    assert set(PRESET_TRAINING) == {"uncertainty"} and POST_HOC_PRESETS == ("uncertainty",)
     assert all(preset_training(name) == {} for name in (None, "default", "paper", "bayes"))
+    preset_training("uncertainty")["epochs"] = 9  # a copy: the preset itself is unchanged
+    assert preset_training("uncertainty")["epochs"] == 0.5
+    with pytest.raises(ValueError, match="'uncertainty' trains the guide around a finished"):
+        check_preset("uncertainty", TrainConfig(**preset_training("uncertainty")))
+    for source in ({"from_run": str(tmp_path)}, {"from_peft": str(tmp_path)}):
+        check_preset("uncertainty", TrainConfig(**source))  # no error
+    for name in (None, "default", "paper", "bayes"):
+        check_preset(name, TrainConfig())
 
 
-def test_the_command_line_preset_is_overridden_by_explicit_options():
+def test_the_command_line_preset_is_overridden_by_explicit_options(tmp_path):
     from monteclora_pyro.cli import build_parser
     from monteclora_pyro.cli.options import configs
 
+    source = ["--from-run", str(tmp_path)]
     args = build_parser().parse_args(
-        ["train", "--preset", "uncertainty", "--kl-loss-weight", "0.5"]
+        ["train", "--preset", "uncertainty", "--kl-loss-weight", "0.5", *source]
     )
     train_cfg, model_cfg = configs(args)
     assert model_cfg == MonteCLoRAConfig.uncertainty(kl_loss_weight=0.5)
-    two_phase = {k: getattr(train_cfg, k) for k in preset_training("uncertainty")}
-    assert two_phase == preset_training("uncertainty")
+    preset = {k: getattr(train_cfg, k) for k in preset_training("uncertainty")}
+    assert preset == preset_training("uncertainty") and train_cfg.from_run == str(tmp_path)
     args = build_parser().parse_args(
-        ["train", "--preset", "uncertainty", "--epochs", "2", "--no-guide-lr-restart"]
+        ["train", "--preset", "uncertainty", "--epochs", "2", "--guide-lr", "0.1", *source]
     )
-    assert (configs(args)[0].epochs, configs(args)[0].guide_lr_restart) == (2, False)
-    assert configs(args)[0].freeze_adapter_after_delay  # the preset's, unset here
-    args = build_parser().parse_args(
-        ["train", "--preset", "uncertainty", "--guide-delay-ratio", "0"]
-    )
-    with pytest.raises(ValueError, match="guide_lr_restart=True is invalid"):
+    assert (configs(args)[0].epochs, configs(args)[0].guide_lr) == (2, 0.1)
+    args = build_parser().parse_args(["train", "--preset", "uncertainty"])
+    with pytest.raises(ValueError, match=r"--method lora --output-dir RUN_DIR.*--from-run"):
         configs(args)
     plain_train, plain = configs(build_parser().parse_args(["train"]))
     assert plain == MonteCLoRAConfig()
-    assert plain_train.guide_delay_ratio == TrainConfig().guide_delay_ratio == 0.0
-    assert {k: getattr(plain_train, k) for k in two_phase} == {
-        k: getattr(TrainConfig(), k) for k in two_phase
+    assert {k: getattr(plain_train, k) for k in preset} == {
+        k: getattr(TrainConfig(), k) for k in preset
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 
 from monteclora_pyro import MonteCLoRAConfig, MonteCLoRAGuide, runs
 from monteclora_pyro.cli import main
-from monteclora_pyro.training import TrainConfig, load_run, save_run_config
+from monteclora_pyro.training import TrainConfig, load_run, preset_training, save_run_config
 from monteclora_pyro.training.from_run import source_run
 
 LORA = ["--method", "lora", "--r", "4", "--max-steps", "4"]
@@ -124,3 +125,23 @@ def test_an_interrupted_guide_resumes_to_the_uninterrupted_runs_guide(lora_run, 
     assert guides[0].keys() == guides[1].keys()
     for name, value in guides[0].items():
         assert torch.equal(value, guides[1][name]), name
+
+
+def test_the_uncertainty_preset_trains_its_guide_around_the_run(lora_run, tmp_path, caplog):
+    common, run = lora_run
+    out = tmp_path / "preset"
+    preset = [*common, "--preset", "uncertainty", "--seed", "3", "--output-dir", str(out)]
+    assert main(preset) == 2 and "trains the guide around a finished LoRA run" in caplog.text
+    assert not out.exists()
+    assert main([*preset, "--from-run", str(run)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    source = json.loads((run / "config.json").read_text())["monteclora"]
+    adapter = {f: source[f] for f in ("r", "lora_alpha", "target_modules", "modules_to_save")}
+    assert config["monteclora"] == MonteCLoRAConfig.uncertainty(**adapter).to_dict()
+    train = {k: config["train"][k] for k in (*preset_training("uncertainty"), "from_run")}
+    assert train == preset_training("uncertainty") | {"from_run": str(run)}
+    whole = tmp_path / "one-epoch"
+    one_epoch = [*preset[:-1], str(whole), "--from-run", str(run), "--epochs", "1"]
+    assert main(one_epoch) == 0
+    half, one = (len(runs.read_history(d, "train")) for d in (out, whole))
+    assert half == math.ceil(one / 2) and one > 1, (half, one)  # the preset's half epoch

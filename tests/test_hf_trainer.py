@@ -26,9 +26,11 @@ from monteclora_pyro import (
     MonteCLoRAModel,
     elbo_terms,
     load_adapter,
+    save_adapter,
 )
 from monteclora_pyro.hf_trainer import MonteCLoRATrainer
-from monteclora_pyro.training import preset_training
+from monteclora_pyro.training import preset_training, two_phase_training
+from monteclora_pyro.training.from_run import load_run_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "# MonteCLoRATrainer example"
@@ -81,9 +83,8 @@ def _trainer(toy, out, bayes, guide, phases=None, **args):
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=tokenizer,
-        guide_lr=1e-1,
         num_samples=3,
-        **(phases or {}),
+        **({"guide_lr": 1e-1} | (phases or {})),
     )
 
 
@@ -180,8 +181,7 @@ class _Recorder(TrainerCallback):
 
 def test_two_phases_train_the_adapter_then_the_guide_alone(toy, tmp_path):
     bayes, guide = _build(toy[0], config=MonteCLoRAConfig.uncertainty(r=4))
-    preset = preset_training("uncertainty").items()
-    phases = {k: v for k, v in preset if k not in ("epochs", "guide_lr")}  # _trainer's guide_lr
+    phases = {k: v for k, v in two_phase_training(1).items() if k != "epochs"}
     trainer = _trainer(toy, tmp_path / "phases", bayes, guide, phases=phases, max_steps=8)
     recorder = _Recorder(trainer, bayes, guide)
     trainer.add_callback(recorder)
@@ -203,6 +203,30 @@ def test_two_phases_train_the_adapter_then_the_guide_alone(toy, tmp_path):
     adapter_names = set(recorder.after[0]) - variational
     assert all(moved(s, adapter_names) and not moved(s, variational) for s in range(4))
     assert all(moved(s, variational) and not moved(s, adapter_names) for s in range(4, 8))
+
+
+def test_the_uncertainty_preset_trains_the_guide_alone_around_a_finished_adapter(toy, tmp_path):
+    lora, lora_guide = _build(toy[0], guide_class=LoRAGuide)
+    _trainer(toy, tmp_path / "lora", lora, lora_guide, max_steps=4).train()
+    save_adapter(tmp_path / "run", lora, lora_guide)  # a finished lora run's adapter files
+    bayes, guide = _build(toy[0], config=MonteCLoRAConfig.uncertainty(r=4))
+    load_run_adapter(bayes, tmp_path / "run")
+    source = dict(lora.trainable_parameters())
+    preset = preset_training("uncertainty")
+    epochs = {"max_steps": -1, "num_train_epochs": preset["epochs"]}
+    trainer = _trainer(
+        toy, tmp_path / "guide", bayes, guide, {"guide_lr": preset["guide_lr"]}, **epochs
+    )
+    before = _parameters(bayes, guide)
+    trainer.train()
+    after = _parameters(bayes, guide)
+    assert trainer.state.global_step == round(preset["epochs"] * 4)  # 4 batches of 8 an epoch
+    optimised = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert optimised == {id(p) for _, p in guide.named_variational_parameters()}
+    variational = {name for name, _ in guide.named_variational_parameters()}
+    assert set(source) == set(before) - variational
+    assert all(torch.equal(after[n], source[n]) for n in source)  # the adapter is the run's
+    assert all(not torch.equal(after[n], before[n]) for n in variational)
 
 
 def test_two_phases_refuse_what_they_cannot_run(toy, tmp_path):

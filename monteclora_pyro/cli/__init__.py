@@ -283,9 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epochs",
         type=int,
-        default=1,
-        help="LoRA's epochs; MonteCLoRA trains its adapter as long, then its guide alone "
-        "(default: %(default)s)",
+        default=3,
+        help="LoRA's epochs (the calibration study's, which the uncertainty preset was "
+        "selected around); MonteCLoRA then trains its guide alone around the LoRA run for "
+        "--preset uncertainty's epochs (default: %(default)s)",
     )
     p.add_argument("--max-length", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--num-samples", type=int, default=8, help="(default: %(default)s)")

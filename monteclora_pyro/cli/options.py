@@ -15,6 +15,7 @@ from monteclora_pyro.training import (
     OPTIMIZERS,
     PRESET_TRAINING,
     TrainConfig,
+    check_preset,
     preset_training,
 )
 from monteclora_pyro.training.tracking import REPORT_TO, check_report_to
@@ -204,8 +205,9 @@ def train_options(parser: argparse.ArgumentParser, swept: bool = False) -> None:
             default=None,
             choices=PRESETS,
             help="start from MonteCLoRAConfig.paper(), .bayes() or .uncertainty() (the "
-            "calibration study's choice, docs/calibration.md, trained in two phases: the "
-            "training options marked '--preset uncertainty' above); options set override it "
+            "calibration study's choice, docs/calibration.md: a guide trained around a "
+            "finished lora run, --from-run, with the training options marked '--preset "
+            "uncertainty' above); options set override it "
             "(default: bayes with --objective bayes, else the class defaults)",
         )
     paper, bayes = MonteCLoRAConfig.paper(), MonteCLoRAConfig.bayes()
@@ -269,7 +271,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     if "method" in values:
         task = Path(args.task).name  # a save_to_disk directory: its name
         train_kwargs.setdefault("output_dir", f"runs/{task}-{args.method}-s{args.seed}")
-    return TrainConfig(**train_kwargs)
+    train_cfg = TrainConfig(**train_kwargs)
+    check_preset(values.get("preset"), train_cfg)
+    return train_cfg
 
 
 def model_options(args: argparse.Namespace) -> dict:

@@ -13,8 +13,10 @@
 from monteclora_pyro.training.base import Method
 from monteclora_pyro.training.config import (
     OPTIMIZERS,
+    POST_HOC_PRESETS,
     PRESET_TRAINING,
     TrainConfig,
+    check_preset,
     load_run_config,
     preset_training,
     resolve_device,
@@ -44,6 +46,7 @@ __all__ = [
     "METHODS",
     "METHOD_NAMES",
     "OPTIMIZERS",
+    "POST_HOC_PRESETS",
     "PRESET_TRAINING",
     "LoRAMethod",
     "Method",
@@ -53,6 +56,7 @@ __all__ = [
     "Trainer",
     "TrainingError",
     "build_method",
+    "check_preset",
     "evaluate",
     "evaluate_run",
     "evaluating",

@@ -295,20 +295,16 @@ def two_phase_training(epochs: float, delay: float = 0.5) -> dict:
     }
 
 
-def uncertainty_training(epochs: int) -> dict:
-    """The ``TrainConfig`` settings :meth:`MonteCLoRAConfig.uncertainty` was selected with:
-    :func:`two_phase_training` with the guide at ``guide_lr`` 0.2, four times the default
-    (docs/calibration.md, ninth pass)."""
-    return two_phase_training(epochs) | {"guide_lr": 0.2}
+# The training settings each MonteCLoRAConfig preset was selected with (docs/calibration.md):
+# the command line's --preset and `make demo` apply them; with the Python API, take them from
+# preset_training. "uncertainty": half an epoch of the guide alone, at guide_lr 0.2, around a
+# finished LoRA adapter (sixteenth pass).
+PRESET_TRAINING = {"uncertainty": {"epochs": 0.5, "guide_lr": 0.2}}
+# The presets trained around a finished LoRA adapter (from_run or from_peft), not from scratch.
+POST_HOC_PRESETS = ("uncertainty",)
 
 
-# The training settings each MonteCLoRAConfig preset was selected with (docs/calibration.md),
-# given the epochs a LoRA run would take: the command line's --preset and `make demo` apply
-# them; with the Python API, take them from preset_training.
-PRESET_TRAINING = {"uncertainty": uncertainty_training}
-
-
-def preset_training(name: str | None, epochs: int | None = None) -> dict:
+def preset_training(name: str | None) -> dict:
     """The ``TrainConfig`` settings of the ``MonteCLoRAConfig`` preset ``name``.
 
     Parameters
@@ -316,17 +312,28 @@ def preset_training(name: str | None, epochs: int | None = None) -> dict:
     name : str or None
         A preset (:data:`monteclora_pyro.config.PRESETS`); one without training settings (or
         None) gives ``{}``.
-    epochs : int, optional
-        The epochs a LoRA run of the task would take (default: ``TrainConfig``'s).
 
     Returns
     -------
     dict
-        Keyword arguments of ``TrainConfig``, e.g.
-        ``TrainConfig(task="mrpc", **preset_training("uncertainty"))``.
+        Keyword arguments of ``TrainConfig``. A preset of :data:`POST_HOC_PRESETS` trains a
+        guide around a finished LoRA run, which ``from_run`` names, e.g.
+        ``TrainConfig(task="mrpc", from_run="runs/mrpc-lora", **preset_training("uncertainty"))``
+        (:func:`check_preset` says what is missing).
     """
-    settings = PRESET_TRAINING.get(name)
-    return {} if settings is None else settings(TrainConfig.epochs if epochs is None else epochs)
+    return dict(PRESET_TRAINING.get(name, {}))
+
+
+def check_preset(name: str | None, train_cfg: TrainConfig) -> None:
+    """Fail unless ``train_cfg`` can train the preset ``name``: a preset of
+    :data:`POST_HOC_PRESETS` needs the finished LoRA adapter it trains its guide around."""
+    if name in POST_HOC_PRESETS and train_cfg.from_run is None and train_cfg.from_peft is None:
+        raise ValueError(
+            f"preset {name!r} trains the guide around a finished LoRA run: train one first "
+            "(`monteclora train --method lora --output-dir RUN_DIR`), then pass it as from_run "
+            "(--from-run RUN_DIR, with the same --seed, --validation-fraction and "
+            "--max-train-examples), or a PEFT LoRA adapter as from_peft (--from-peft)"
+        )
 
 
 def save_run_config(

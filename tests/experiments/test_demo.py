@@ -22,7 +22,7 @@ DRAWS = {
     "lora": runs.Predictions(np.array([0, 1]), _DISAGREE[0], _DISAGREE[:1]),
 }
 EXPECTED_MI = (math.log(2) + 0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / 2
-PRESET_KEYS = tuple(preset_training("uncertainty", 1))  # the TrainConfig fields it sets
+PRESET_KEYS = (*preset_training("uncertainty"), "from_run")  # the TrainConfig fields it sets
 
 
 def _metrics(accuracy: float) -> dict:
@@ -58,18 +58,20 @@ def test_run_demo_trains_both_methods_and_evaluates_every_shifted_domain(calls, 
     assert list(result.metrics) == list(demo.DEMO_METHODS)
     assert result.run_dirs == {m: tmp_path / m for m in demo.DEMO_METHODS}
     assert all(list(d) == list(SHIFT_DOMAINS) for d in result.shifted.values())
-    assert calls[0] == ("train", "monteclora", DEFAULT_TASK, False)
-    assert ("train", "lora", DEFAULT_TASK, True) in calls  # resumes from its checkpoint
+    assert calls[0] == ("train", "lora", DEFAULT_TASK, True)  # resumes from its checkpoint
+    assert ("train", "monteclora", DEFAULT_TASK, False) in calls
     assert ("evaluate", "lora", SHIFT_DOMAINS[0], "test") in calls
     assert result.seconds >= 0
     configs = {c[1]: c[2] for c in calls if c[0] == "config"}
     assert configs["monteclora"] == MonteCLoRAConfig.uncertainty()  # the default for uncertainty
     assert configs["lora"] == MonteCLoRAConfig()
     settings = {c[1]: c[2] for c in calls if c[0] == "settings"}  # the preset's training
-    assert settings["monteclora"] == preset_training("uncertainty", 1) | {"epochs": 2}
+    # MonteCLoRA's guide trains around the demo's LoRA run, for the preset's epochs
+    around_lora = {"from_run": str(tmp_path / "lora")}
+    assert settings["monteclora"] == preset_training("uncertainty") | around_lora
     plain = TrainConfig()
-    assert settings["lora"] == {k: getattr(plain, k) for k in PRESET_KEYS} | {"epochs": 1}
-    assert result.epochs == {"monteclora": 2, "lora": 1}
+    assert settings["lora"] == {k: getattr(plain, k) for k in PRESET_KEYS} | {"epochs": 3}
+    assert result.epochs == {"lora": 3, "monteclora": preset_training("uncertainty")["epochs"]}
     assert result.mutual_information["monteclora"] == pytest.approx(EXPECTED_MI, rel=1e-12)
     assert result.mutual_information["lora"] == 0.0
 
@@ -78,7 +80,7 @@ def test_demo_command_prints_both_tables(calls, tmp_path, capsys):
     assert main(["--quiet", "demo", "--output-dir", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "posterior_predictive" in printed and "0.9000" in printed
-    assert "epochs: monteclora 2, lora 1" in printed
+    assert f"epochs: lora 3, monteclora {preset_training('uncertainty')['epochs']}" in printed
     assert "mutual_information" in printed and f"{EXPECTED_MI:.4f}" in printed
     assert "0.7000 / 0.7000" in printed and all(d in printed for d in SHIFT_DOMAINS)
     assert f"monteclora: {tmp_path / 'monteclora'}" in printed

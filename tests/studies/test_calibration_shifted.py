@@ -174,3 +174,37 @@ def test_the_study_skips_the_movie_review_runs_its_records_hold(movie_runs, tmp_
     outputs = sorted(Path(c[c.index("--output-dir") + 1]).name for c in commands)
     trained = [f"lora-s{s}" for s in calibration.ENSEMBLE_SEEDS]  # the ensembles' members
     assert outputs == sorted([*trained, *(f"deep-ensemble-m3-s{s}" for s in range(4))])
+
+
+def test_the_packages_default_is_evaluated_on_the_shifted_domains_once_it_ran(
+    tmp_path, monkeypatch
+):
+    """The first round trains the default around each LoRA run; a second evaluates it on
+    every shifted domain (its runs did not exist when the first round was listed)."""
+    commands, inside = [], make_predictions(N_IN, 90, 0.95, seed=1)
+
+    def run(command: list[str]) -> bool:
+        commands.append(command)
+        if command[2] == "train":  # finishes at once
+            out = Path(command[command.index("--output-dir") + 1])
+            name, seed = out.name.rsplit("-s", 1)
+            write_run(out.parents[1], TASK, name, int(seed), inside, None)
+        return True
+
+    monkeypatch.setattr(calibration, "Runner", lambda root, threads: run)
+    default = calibration.PACKAGE_DEFAULT
+    args = calibration.argparse.Namespace(
+        output_dir=str(tmp_path / "study"), data_dir=None, threads=1, workers=1, tasks=[TASK],
+        methods=["lora"], post_hoc=[default],
+    )  # fmt: skip
+    calibration.run_study(args)
+    trained = [i for i, c in enumerate(commands) if c[2] == "train" and f"/{default}-s" in c[-1]]
+    evaluated = [
+        (i, Path(c[3]).name, c[c.index("--task") + 1])
+        for i, c in enumerate(commands)
+        if c[2] == "evaluate" and f"/{default}-s" in c[3]
+    ]
+    assert len(trained) == len(calibration.SEEDS)
+    expected = [(f"{default}-s{s}", d) for s in calibration.SEEDS for d in calibration.SHIFTED]
+    assert sorted(e[1:] for e in evaluated) == sorted(expected)
+    assert min(e[0] for e in evaluated) > max(trained)

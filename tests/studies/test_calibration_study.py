@@ -171,12 +171,15 @@ def test_every_train_command_parses_to_the_task_setting(task, tmp_path):
 
 @pytest.mark.parametrize("task", ["sst2", "mrpc", "cola", "rte"])
 def test_the_uncertainty_preset_is_the_study_setting_it_was_selected_as(task, tmp_path):
-    """docs/calibration.md selects bayes-t0.01-freeze-glr0.2 (ninth pass):
-    ``--preset uncertainty`` trains it."""
-    command = calibration.train_command(_args(tmp_path), task, calibration.DEFAULT_GLR, 0)
+    """docs/calibration.md selects lora-guide0.5 (sixteenth pass): ``--preset uncertainty``
+    with ``--from-run`` trains it around the LoRA run."""
+    assert calibration.PACKAGE_DEFAULT in calibration.GUIDED
+    jobs = dict(calibration.post_hoc_commands(tmp_path, task, "/glue"))
+    command = jobs[calibration.run_dir(tmp_path, task, calibration.PACKAGE_DEFAULT, 0)]
     study_train, study_model = configs(build_parser().parse_args(command[1:]))
-    preset = [*command[1 : command.index("--method")], *calibration.COMMON]
+    preset = [*command[1 : command.index("--epochs")], *calibration.COMMON]
     preset += ["--preset", "uncertainty", "--no-eval-every-epoch"]  # evaluation only
+    preset += ["--from-run", study_train.from_run, "--data-dir", "/glue"]
     train, model = configs(build_parser().parse_args([*preset, "--output-dir", str(tmp_path)]))
     assert model == study_model == MonteCLoRAConfig.uncertainty()
     assert train == dataclasses.replace(study_train, output_dir=str(tmp_path))
@@ -613,6 +616,11 @@ def test_default_setting_majority_then_mean_rank():
     # nor does it rank: a ranks 0 there, which would break the tie for a (mean 2/3 against 1)
     ranked = {"x": ("a", first), "y": ("b", second), "z": (None, first)}
     assert goals.default_setting(ranked) == "b"
+    # an ineligible setting ranks after every eligible one: a's NLL on y, where it fails the
+    # accuracy test, would rank it first there (mean 0 against b's 1); it ranks last (mean 1
+    # against b's 0.5)
+    failing = _table({"a": 0.05, "b": 0.1, "c": 0.2}, ineligible=("a",))
+    assert goals.default_setting({"x": ("a", first), "y": ("b", failing)}) == "b"
 
 
 def test_the_default_is_a_setting_every_voting_task_ran():
@@ -822,10 +830,23 @@ def test_goal_row_figures_and_missing_rows(sst2_goals):
     assert goals.goal_row("sst2", no_lora, "paper-5e-3") is None
 
 
+def test_a_goal_row_holds_cola_to_its_mcc_as_the_selection_does():
+    def row(name: str, accuracy: float, mcc: float, ece: float) -> dict:
+        figures = {"accuracy": accuracy, "score": mcc, "ece15": ece, "nll": 0.6, "train_time": 1}
+        return {"_name": name} | {k: (float(v), 0.0) for k, v in figures.items()}
+
+    data = {"rows": [row("lora", 0.706, 0.178, 0.06), row("x", 0.702, 0.150, 0.02)]}
+    data["selection"] = [{"setting": "x", "eligible": True}]
+    cola, sst2 = (goals.goal_row(task, data, "x") for task in ("cola", "sst2"))
+    assert cola["ECE ÷ LoRA's"] == sst2["ECE ÷ LoRA's"] == "0.33"
+    assert (cola["accuracy − LoRA's"], cola["ECE goal"]) == ("-2.8 pt MCC", "not met")
+    assert (sst2["accuracy − LoRA's"], sst2["ECE goal"]) == ("-0.4 pt", "met")
+
+
 def test_goals_section_shows_the_packages_default_beside_another_selection(sst2_goals):
     sections = {"sst2": sst2_goals, "mrpc": {}}
     same = goals.goals_section(sections, "paper-5e-3", package="paper-5e-3")
-    assert "MonteCLoRA settings: **paper-5e-3** (`MonteCLoRAConfig.uncertainty()`)" in same
+    assert "MonteCLoRA settings: **paper-5e-3** (`MonteCLoRAConfig.uncertainty()`," in same
     assert "| setting |" not in same
     assert "paper-5e-3: the ECE goal is met on 1 of 1 tasks; not run" in same
     other = goals.goals_section(sections, "paper-5e-3", package="paper-1e-4")
