@@ -111,8 +111,8 @@ TRAINED = {  # name -> the method's own options
     # give; it did not match lora-guide0.5 on SST-2 (fifteenth pass).
     GUIDE_HALF: _tempered("0.01", *_frozen(HALF_GUIDE_EPOCH), "--guide-lr", "0.2"),
 }
-DEFAULT_GLR = "bayes-t0.01-freeze-glr0.2"  # on every task; the default from the ninth pass
-# The default's guide phase (GUIDE1's) trained post hoc around each finished LoRA run (train
+DEFAULT_GLR = "bayes-t0.01-freeze-glr0.2"  # on every task; the default, ninth to fifteenth pass
+# DEFAULT_GLR's guide phase (GUIDE1's) trained post hoc around each finished LoRA run (train
 # --from-run) for one epoch (twelfth pass) or half of one, with the schedule over that half
 # (fourteenth): its plug-in prediction is LoRA's, so what it adds is the draws'. Name -> epochs.
 GUIDED = {"lora-guide1": "1", "lora-guide0.5": "0.5"}
@@ -444,8 +444,9 @@ def run_study(args, recorded=nothing_recorded) -> None:
         post, submitted = [], []
         for task in args.tasks:
             wait(trained[task])
-            submitted += post_hoc_jobs(args, root, task, recorded)
-            post += [pool.submit(runner, command) for command in submitted[len(post) :]]
+            found = post_hoc_jobs(args, root, task, recorded)
+            submitted += found
+            post += [pool.submit(runner, command) for command in found]
         wait(post)
         found = [c for task in args.tasks for c in post_hoc_jobs(args, root, task, recorded)]
         wait([pool.submit(runner, c) for c in found if c not in submitted])
