@@ -9,6 +9,8 @@ from calibration_scores import ACCURACY_SLACK, cell, selected_figure
 
 from monteclora_pyro.analysis.tables import format_table
 
+PRESET = "(`MonteCLoRAConfig.uncertainty()`, `--preset uncertainty`)"  # the package's default
+
 
 def _voting(selections: dict) -> dict:
     """The selections of the tasks that selected one of several settings."""
@@ -90,15 +92,13 @@ def goals_section(
     if selected == package:
         chosen = (
             f"The default, selected on the validation splits of the tasks that compared "
-            f"MonteCLoRA settings: **{selected}** (`MonteCLoRAConfig.uncertainty()`, "
-            "`--preset uncertainty`)."
+            f"MonteCLoRA settings: **{selected}** {PRESET}."
         )
     else:
         chosen = (
             f"The validation splits of the tasks that compared MonteCLoRA settings select "
-            f"**{selected}**; the package's default (`MonteCLoRAConfig.uncertainty()`, "
-            "`--preset uncertainty`) is still "
-            f"**{package}**, the study's earlier selection, until it is switched: both are shown."
+            f"**{selected}**; the package's default {PRESET} is still **{package}**, the "
+            "study's earlier selection, until it is switched: both are shown."
         )
     if votes:
         cast = ", ".join(f"{t} {v}" for t, v in votes.items())

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from monteclora_pyro import MonteCLoRAConfig, MonteCLoRAGuide, runs
 from monteclora_pyro.cli import main
 from monteclora_pyro.training import TrainConfig, load_run, preset_training, save_run_config
-from monteclora_pyro.training.from_run import source_run
+from monteclora_pyro.training.from_run import ADAPTER_FIELDS, source_run
 
 LORA = ["--method", "lora", "--r", "4", "--max-steps", "4"]
 GUIDE = ["--method", "monteclora", "--objective", "bayes", "--max-steps", "3"]
@@ -136,7 +136,7 @@ def test_the_uncertainty_preset_trains_its_guide_around_the_run(lora_run, tmp_pa
     assert main([*preset, "--from-run", str(run)]) == 0
     config = json.loads((out / "config.json").read_text())
     source = json.loads((run / "config.json").read_text())["monteclora"]
-    adapter = {f: source[f] for f in ("r", "lora_alpha", "target_modules", "modules_to_save")}
+    adapter = {f: source[f] for f in ADAPTER_FIELDS}
     assert config["monteclora"] == MonteCLoRAConfig.uncertainty(**adapter).to_dict()
     train = {k: config["train"][k] for k in (*preset_training("uncertainty"), "from_run")}
     assert train == preset_training("uncertainty") | {"from_run": str(run)}
