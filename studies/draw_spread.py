@@ -4,13 +4,14 @@ average of k of its posterior draws.
     python studies/draw_spread.py [--root runs/calibration] [--name lora-guide0.5] \
         [--tasks mrpc cola rte movie-reviews]
 
-Reads the GLUE-dev predictions of the calibration study's finished runs of one setting and
-prints, per task and seed, the score the study holds the setting to (MCC on CoLA, accuracy
-elsewhere) of the plug-in prediction (A = μ), of the average of k of its S draws (the mean over
-every k-subset, or over ``--subsets`` random ones where there are more), and the range over
-single draws of the fraction predicted positive (class 1), next to the plug-in's. Where the
-k-draw averages approach the plug-in's score as k grows, the predictive's loss is Monte Carlo
-noise that more draws would remove; where they do not, it is the predictive's own.
+Reads the predictions on the reported split (GLUE dev; movie reviews' evaluation split) of the
+calibration study's finished runs of one setting and prints, per task and seed, the score the
+study holds the setting to (MCC on CoLA, accuracy elsewhere) of the plug-in prediction (A = μ),
+of the average of k of its S draws (the mean over every k-subset, or over ``--subsets`` random
+ones where there are more), and the range over single draws of the fraction predicted positive
+(class 1), next to the plug-in's. Where the k-draw averages approach the plug-in's score as k
+grows, the predictive's loss is Monte Carlo noise that more draws would remove; where they do
+not, it is the predictive's own.
 """
 
 from __future__ import annotations
