@@ -23,21 +23,16 @@ marked, unless ``--drop-unrecorded``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
-import os
-import shlex
 import shutil
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from calibration_runner import Runner, stale_settings
+
 from monteclora_pyro import runs
-from monteclora_pyro.cli import build_parser
-from monteclora_pyro.cli.options import configs
 from monteclora_pyro.training import two_phase_training
 
 logger = logging.getLogger("calibration")
@@ -297,51 +292,6 @@ def shifted_commands(methods, root: Path, task: str) -> list[tuple[Path, list[st
                 command += ["--split", "test", "--max-eval-examples", str(SHIFTED_EXAMPLES)]
                 jobs.append((target, command))
     return jobs
-
-
-class Runner:
-    """Runs ``monteclora`` commands in worker processes and logs each one."""
-
-    def __init__(self, root: Path, threads: int):
-        self.log = root / "commands.log"
-        self.env = os.environ | {
-            "OMP_NUM_THREADS": str(threads),
-            "MKL_NUM_THREADS": str(threads),
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-
-    def __call__(self, command: list[str]) -> bool:
-        started = time.perf_counter()
-        argv = [sys.executable, "-m", "monteclora_pyro", *command[1:]]
-        result = subprocess.run(argv, env=self.env, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        with self.log.open("a") as log:
-            log.write(f"{shlex.join(command)}  # rc={result.returncode} {seconds:.0f}s\n")
-        if result.returncode != 0:
-            logger.error("failed (%s): %s\n%s", result.returncode, shlex.join(command),
-                         result.stderr[-2000:])  # fmt: skip
-            return False
-        logger.info("done in %.0f s: %s", seconds, shlex.join(command))
-        return True
-
-
-MOVABLE = ("output_dir", "data_dir", "from_run")  # where a run and what it reads live may change
-RESOLVED = ("target_modules", "modules_to_save")  # None: the backbone's, saved resolved
-
-
-def stale_settings(command: list[str], saved: dict) -> list[str]:
-    """The settings of a finished run's ``saved`` configuration that differ from ``command``'s."""
-    train, model = configs(build_parser().parse_args(command[1:]))
-    wanted = {"train": dataclasses.asdict(train), "monteclora": model.to_dict()}
-    return [
-        f"{group}.{key}={saved[group][key]!r} (the study sets {value!r})"
-        for group, values in wanted.items()
-        for key, value in values.items()
-        if key not in MOVABLE
-        and not (key in RESOLVED and value is None)
-        and key in saved[group]
-        and saved[group][key] != value
-    ]
 
 
 def nothing_recorded(task: str, name: str, seed: int) -> bool:

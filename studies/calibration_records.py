@@ -33,10 +33,10 @@ from calibration import (
     TRAINS,
     run_dir,
     source_of,
-    stale_settings,
     study_options,
     train_options,
 )
+from calibration_runner import stale_settings
 from calibration_scores import chance_scores, plug_in_scores, relative_width, scores, train_nll
 from calibration_shifted import ROWS, TASK, shifted_figures
 
